@@ -1,0 +1,152 @@
+"""ERA (Entropy Regularizing Activation, arXiv 2510.08549): the entropy-floor math, nothing else.
+
+Pure torch, no state. Every script imports from here; everything algorithm-specific (distributions,
+temperature or delta tuning, losses) stays inline in the scripts.
+
+    gaussian_entropy_floor  continuous actions: log-stds whose Gaussian entropy is pinned at a target
+    softmax_entropy_floor   classification: logits whose softmax entropy is >= a floor
+    top_entropy_mean        LLMs: mean of the top-20 % token entropies of each response
+    era_llm_transform       LLMs: the GRPO logit/advantage rule
+"""
+import math
+
+import torch
+
+HALF_LOG_2PI_E = 0.5 * math.log(2 * math.pi * math.e)  # entropy of N(0, 1) per dimension, in nats
+
+
+def gaussian_entropy_floor(raw_std, target_entropy, log_std_min=-8.0, log_std_max=0.0):
+    """Continuous ERA: turn a raw std head into log-stds with a fixed total Gaussian entropy.
+
+    Over the last dimension (D = action dimension), with H0' = ``target_entropy``:
+
+        log σ_i = max(log σ_max + (H0' − D·log√(2πe) − D·log σ_max) · softmax(raw_std)_i,  log σ_min)
+
+    Guarantee: the diagonal Gaussian N(μ, σ²) has entropy D·log√(2πe) + Σ_i log σ_i, which is exactly H0'
+    when no σ_min clamp binds and larger otherwise (the max only raises terms). The network only chooses how
+    the fixed log-std budget is split across dimensions. σ ≤ σ_max always holds.
+
+    Works for a batched state-dependent head ``[..., D]`` and for a state-independent parameter ``[D]``.
+    ``target_entropy`` is a float or a tensor broadcastable to ``raw_std.shape[:-1]`` (e.g. H0 + a learned δ;
+    the caller keeps a tensor target admissible). Admissible float targets: H0' ≤ D·(log√(2πe) + log σ_max);
+    anything above would need σ > σ_max and raises ValueError.
+    """
+    if log_std_min >= log_std_max:
+        raise ValueError(f"log_std_min ({log_std_min}) must be < log_std_max ({log_std_max})")
+    dim = raw_std.shape[-1]
+    max_entropy = dim * (HALF_LOG_2PI_E + log_std_max)
+    if not torch.is_tensor(target_entropy) and target_entropy > max_entropy:
+        raise ValueError(
+            f"target entropy {target_entropy:.4g} is impossible for D={dim} with log_std_max={log_std_max}: "
+            f"it must be <= D*(log sqrt(2*pi*e) + log_std_max) = {max_entropy:.4g} "
+            f"(<= {HALF_LOG_2PI_E + log_std_max:.4g} per dimension)"
+        )
+    if torch.is_tensor(target_entropy):
+        target_entropy = target_entropy.unsqueeze(-1)
+    budget = target_entropy - max_entropy  # <= 0: the total log-std below D*log σ_max
+    log_std = log_std_max + budget * torch.softmax(raw_std, dim=-1)
+    return log_std.clamp(min=log_std_min)
+
+
+def softmax_entropy_floor(logits, min_entropy, tau=4.0):
+    """Discrete ERA: logits z -> z' whose softmax has entropy >= ``min_entropy`` along the last dim.
+
+    With p = softmax(z), n classes, a = ln τ / τ and C = exp(H0 − 1) (paper §"discrete ERA"):
+
+        y_i  = a + (C − n·a)/(n − 1) · (1 − p_i)            (so Σ_i y_i = C and every y_i ∈ (0, a])
+        z'_i = h⁻¹(y_i) = W₋₁(−y_i),   h(z) = −z·e^z on z ≤ −1
+
+    Guarantee: with q_i = e^{z'_i} and S = Σ q_i, Σ_i −z'_i q_i = Σ y_i = C, so the entropy of softmax(z')
+    is ln S + C/S ≥ 1 + ln C = H0 for every finite input. y is increasing in p_i, so the class ranking is
+    never reversed (top-1/top-5 equal those of z, up to ties the softmax itself cannot resolve).
+
+    Inverse: exact, not the official closed-form approximation (−1 − √(2u) − ¾u). Writing z' = −1 − t and
+    u = −1 − ln y, the lower Lambert-W branch solves t − ln(1 + t) = u, t ≥ 0; Newton's method from
+    t₀ = u + √(2u), which always lies right of the root of this convex increasing function, converges
+    monotonically; 4 steps already reach float64 precision for u in [1e-3, 1e3], we take 6. Gradients come from one
+    final Newton step on the converged t (implicit differentiation, dt/du = (1 + t)/t), not by unrolling.
+    The computation runs in float32 (float64 for float64 input) and the result is cast back to the input
+    dtype. Rounding bfloat16/float16 outputs could cost the floor a little; the tests allow 0.01 nats for them
+    (the worst case measured was still 0.058 nats above the floor).
+
+    The bound is loose: at worst (one-hot input) the entropy reached is 0.970 for n=10, H0=0.6 and 1.115
+    for n=1000, H0=0.6 (softmax_entropy_floor of a one-hot, computed here).
+
+    Admissible range (needs every y_i ≤ a, i.e. a < C ≤ n·a): 1 + ln a < H0 ≤ 1 + ln(n·a); for τ=4 that
+    is (−0.0596, ln n − 0.0596]. At the excluded lower end y_i can be 0 (z' = −∞) and the floor is vacuous
+    anyway. τ must exceed e so that z' = −ln τ lies on the invertible branch.
+    """
+    n = logits.shape[-1]
+    if n < 2:
+        raise ValueError(f"softmax_entropy_floor needs at least 2 classes, got {n}")
+    if not tau > math.e:
+        raise ValueError(f"tau must be > e = {math.e:.5f}, got {tau}")
+    a = math.log(tau) / tau
+    low, high = 1 + math.log(a), 1 + math.log(n * a)
+    if not low < min_entropy <= high:
+        raise ValueError(
+            f"min_entropy {min_entropy} is outside the admissible range ({low:.4f}, {high:.4f}] "
+            f"for {n} classes with tau={tau} (that is (1 + ln(ln(tau)/tau), 1 + ln(n*ln(tau)/tau)])"
+        )
+    c = math.exp(min_entropy - 1)
+    work_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    p = torch.softmax(logits.to(work_dtype), dim=-1)
+    y = a + (c - n * a) / (n - 1) * (1 - p)
+    # Near the lower end, y can underflow to 0 (z' = -inf); flooring y only raises Σy, so the bound holds.
+    u = -1 - torch.log(y.clamp(min=torch.finfo(work_dtype).tiny))
+    with torch.no_grad():
+        t = u + torch.sqrt(2 * u)
+        for _ in range(6):
+            t = t - (t - torch.log1p(t) - u) * (1 + t) / t
+    t = t + (u - (t - torch.log1p(t))) * ((1 + t) / t)  # value unchanged at the root; carries d t / d u
+    return (-1 - t).to(logits.dtype)
+
+
+def top_entropy_mean(token_entropy, mask, frac=0.2):
+    """Per sequence, the mean entropy of its max(1, floor(frac·L)) highest-entropy valid tokens.
+
+    ``token_entropy``: [B, T]; ``mask``: [B, T], true (or 1) on valid (response) tokens; L = valid count per
+    row. Returns [B]. A row with no valid token gives 0. Vectorised: one sort along T, a cumulative sum and
+    a gather (no Python loop over rows, no host sync). floor(frac·L) is taken in float64, as Python would.
+    """
+    if not 0 < frac <= 1:
+        raise ValueError(f"frac must be in (0, 1], got {frac}")
+    mask = mask.bool()
+    length = mask.sum(-1)
+    count = torch.clamp((length.double() * frac).floor().long(), min=1)
+    ranked = token_entropy.masked_fill(~mask, float("-inf")).sort(dim=-1, descending=True).values
+    is_valid = torch.arange(ranked.shape[-1], device=ranked.device) < length.unsqueeze(-1)
+    running = ranked.masked_fill(~is_valid, 0).cumsum(-1)
+    total = running.gather(-1, (count - 1).unsqueeze(-1)).squeeze(-1)  # count <= L whenever L >= 1
+    return torch.where(length > 0, total / count, torch.zeros_like(total))
+
+
+def era_llm_transform(logits, response_entropy, advantages, omega_low, omega_high, k,
+                      scale_advantages=True):
+    """LLM ERA for GRPO: rescale the training logits of responses whose entropy left [ω_low, ω_high].
+
+    With H the response entropy (``top_entropy_mean`` of the unmodified logits) and A the advantage:
+
+        z' = k·z,  A' = A/k    if H < ω_low  and A > 0   (sharpen: a low-entropy winner is made sharper in
+                                                         the trained policy, so its update sharpens less)
+        z' = z/k,  A' = k·A    if H > ω_high and A > 0   (flatten)
+        z' = z,    A' = A      otherwise (A ≤ 0, or H inside the band)
+
+    ``logits``: [B, T, V] (or [B, V]); ``response_entropy``: [B]; ``advantages``: [B] (one per response) or
+    [B, T] (per token, then the A > 0 test is per token). Advantages are rescaled only when
+    ``scale_advantages``. Returns (logits', advantages'). Requires ω_low < ω_high and k > 1.
+    """
+    if not omega_low < omega_high:
+        raise ValueError(f"omega_low ({omega_low}) must be < omega_high ({omega_high})")
+    if not k > 1:
+        raise ValueError(f"k must be > 1, got {k}")
+    entropy = response_entropy
+    if advantages.dim() == entropy.dim() + 1:
+        entropy = entropy.unsqueeze(-1)
+    positive = advantages > 0
+    factor = torch.where(positive & (entropy < omega_low), k, 1.0)
+    factor = torch.where(positive & (entropy > omega_high), 1.0 / k, factor).to(logits.dtype)
+    logits = logits * factor.reshape(factor.shape + (1,) * (logits.dim() - factor.dim()))
+    if scale_advantages:
+        advantages = advantages / factor.to(advantages.dtype)
+    return logits, advantages
