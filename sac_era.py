@@ -17,6 +17,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+if os.environ.get("MUJOCO_GL") == "osmesa":  # OSMesa's LLVM must load after triton's (torch.optim pulls it in)
+    import torch._dynamo  # noqa: F401  (in the other order the process segfaults)
 import cloudpickle
 import gymnasium as gym
 import mujoco
