@@ -386,7 +386,7 @@ def main(args):
 
     exp_name = args.exp_name if args.era else args.exp_name + "_noera"  # ERA
     run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id.replace('/', '_')}__{exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join(args.runs_dir, run_name)
+    run_dir = os.path.dirname(os.path.abspath(args.resume)) if checkpoint else os.path.join(args.runs_dir, run_name)
     writer = SummaryWriter(run_dir)
     if not checkpoint:
         writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))

@@ -1,9 +1,11 @@
 """sac_era.py: smoke runs per env family with real updates, the ERA entropy, exact resume, Ctrl-C, errors."""
 import glob
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -85,7 +87,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     first = run(tmp_path / "split", total_timesteps=200, **common)
     checkpoint = os.path.join(first["run_dir"], "checkpoint.pt")
     resumed = sac_era.main(sac_era.Args(total_timesteps=300, resume=checkpoint, cuda=False))
-    assert resumed["run_dir"] == first["run_dir"] and resumed["global_step"] == 300
+    assert resumed["run_dir"] == os.path.abspath(first["run_dir"]) and resumed["global_step"] == 300
     full_logs, split_logs = scalars(full["run_dir"]), scalars(resumed["run_dir"])
     for tag in LOSS_TAGS + ["charts/delta", "charts/episodic_return"]:
         after = [(s, v) for s, v in full_logs[tag] if s > 200]
@@ -97,13 +99,20 @@ def test_ctrl_c_writes_checkpoint_that_resumes(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "sac_era.py"), "--env-id", "Hopper-v5", "--total-timesteps", "100000",
            "--learning-starts", "50", "--hidden-dim", "32", "--batch-size", "16", "--runs-dir", str(tmp_path),
            "--no-cuda", "--eval-every", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while not glob.glob(str(tmp_path / "*" / "events.*")) and time.time() < deadline:
-        time.sleep(0.5)
-    time.sleep(3)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    chunks = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stdout.read1(4096), b"")), daemon=True)
+    reader.start()
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:  # wait until updates run (tqdm shows >= 60 steps)
+        steps = [int(n) for n in re.findall(rb"(\d+)/100000", b"".join(chunks))]
+        if steps and max(steps) >= 60:
+            break
+        time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    output = b"".join(chunks).decode(errors="replace")
     assert proc.returncode == 0, output
     checkpoint = glob.glob(str(tmp_path / "*" / "checkpoint.pt"))[0]
     assert "resume with --resume" in output
