@@ -91,7 +91,7 @@ def softmax_entropy_floor(logits, min_entropy, tau=4.0):
     c = math.exp(min_entropy - 1)
     work_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     p = torch.softmax(logits.to(work_dtype), dim=-1)
-    y = a + (c - n * a) / (n - 1) * (1 - p)
+    y = (c - a) / (n - 1) + (n * a - c) / (n - 1) * p  # = a + (C − n·a)/(n − 1)·(1 − p), exact for tiny p
     # Near the lower end, y can underflow to 0 (z' = -inf); flooring y only raises Σy, so the bound holds.
     u = -1 - torch.log(y.clamp(min=torch.finfo(work_dtype).tiny))
     with torch.no_grad():
