@@ -112,7 +112,7 @@ class Args:
 
 
 HUMANOIDBENCH_ID = re.compile(r"^(h1|h1hand|h1strong|h1touch|g1)-.+-v\d+$")
-HUMANOIDBENCH_INSTALL = ("HumanoidBench is not installed: pip install jax==0.4.30 jaxlib==0.4.30 && "
+HUMANOIDBENCH_INSTALL = ("HumanoidBench is not installed: pip install jax==0.4.30 jaxlib==0.4.30 \"numpy<2\" && "
                          "pip install --no-deps git+https://github.com/carlosferrazza/humanoid-bench.git")
 TRUNC_BOUND = 1.0 - 1e-6  # ERA: the truncated normal lives on [-TRUNC_BOUND, TRUNC_BOUND], as the official code
 
