@@ -6,8 +6,9 @@ reward head, ensemble of Q heads with two-hot symlog regression) is learned from
 actions come from MPPI planning in latent space, seeded by a tanh-Gaussian policy prior.
 
 ERA (default): the policy prior's log-std is `era_core.gaussian_entropy_floor` of its raw std head, so the
-pre-tanh Gaussian has entropy exactly D * entropy_per_dim (D = action dimension; the log-std floor -10 never
-binds at the default), and the entropy bonus is removed from the policy loss. Default 0.25 nats per
+pre-tanh Gaussian has entropy exactly D * entropy_per_dim (D = action dimension) unless the log-std floor -10
+binds, which at the default needs one dimension to take over 22.5 % of the softmax mass with D = 38 (dog); it
+is then higher. The entropy bonus is removed from the policy loss. Default 0.25 nats per
 dimension: the official SAC-ERA code's default, the only value the authors published for continuous ERA
 (per-dimension sigma 0.31 before tanh when split evenly). log-std bounds [-10, 0]: the official TD-MPC2 floor,
 and sigma <= 1 because a wider pre-tanh Gaussian only piles mass on the action bounds.
