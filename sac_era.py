@@ -421,6 +421,8 @@ def main(args):
         log_alpha = torch.zeros((), device=device, requires_grad=True)  # ERA off
         temp_param, temp_optimizer = log_alpha, torch.optim.Adam([log_alpha], lr=args.q_lr)  # ERA off
     rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim, device)
+    online_params = list(qf1.parameters()) + list(qf2.parameters())
+    target_params = list(qf1_target.parameters()) + list(qf2_target.parameters())
     if args.compile:
         for net in (actor, qf1, qf2, qf1_target, qf2_target):
             net.compile()
@@ -428,11 +430,12 @@ def main(args):
     global_step, next_eval, next_save = 0, args.eval_every, args.save_every
     obs, _ = envs.reset(seed=args.seed)
     resetting = np.zeros(args.num_envs, dtype=bool)  # sub-envs whose next step() is an autoreset
+    stateful = {"actor": actor, "qf1": qf1, "qf2": qf2, "qf1_target": qf1_target, "qf2_target": qf2_target,
+                "actor_optimizer": actor_optimizer, "q_optimizer": q_optimizer, "temp_optimizer": temp_optimizer,
+                "rb": rb}  # what a checkpoint holds besides counters, RNGs and envs
     if checkpoint:
-        for name, net in [("actor", actor), ("qf1", qf1), ("qf2", qf2), ("qf1_target", qf1_target),
-                          ("qf2_target", qf2_target), ("actor_optimizer", actor_optimizer),
-                          ("q_optimizer", q_optimizer), ("temp_optimizer", temp_optimizer), ("rb", rb)]:
-            net.load_state_dict(checkpoint[name])
+        for name, obj in stateful.items():
+            obj.load_state_dict(checkpoint[name])
         with torch.no_grad():
             temp_param.copy_(checkpoint["temp_param"])
         envs.close()
@@ -446,10 +449,7 @@ def main(args):
             torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
 
     def save_checkpoint(path):
-        state = {name: net.state_dict() for name, net in [
-            ("actor", actor), ("qf1", qf1), ("qf2", qf2), ("qf1_target", qf1_target), ("qf2_target", qf2_target),
-            ("actor_optimizer", actor_optimizer), ("q_optimizer", q_optimizer), ("temp_optimizer", temp_optimizer),
-            ("rb", rb)]}
+        state = {name: obj.state_dict() for name, obj in stateful.items()}
         state.update(args=asdict(args), run_name=run_name, global_step=global_step, next_eval=next_eval,
                      next_save=next_save, temp_param=temp_param.detach().cpu(), envs=env_snapshot(envs), obs=obs,
                      resetting=resetting,
@@ -458,8 +458,9 @@ def main(args):
         torch.save(state, path + ".tmp")
         os.replace(path + ".tmp", path)  # atomic: a crash while saving never leaves a broken checkpoint
 
-    def update(data):
-        """One gradient step of the critics, the actor and the temperature (or delta); returns the losses."""
+    def update(data, with_stats):
+        """One gradient step of the critics, the actor and the temperature (or delta); with `with_stats`, returns
+        the losses and entropies to log (computing them costs time, so only on logging steps)."""
         delta_now = temp_param.detach() if args.era else 0.0  # ERA
         with torch.no_grad():
             next_actions, next_log_pi, _, _ = actor.get_action(data["next_obs"], delta_now)
@@ -483,15 +484,17 @@ def main(args):
         actor_loss.backward()
         actor_optimizer.step()
 
-        with torch.no_grad():
-            gaussian_entropy = (HALF_LOG_2PI_E + log_std).sum(-1).mean()
-            if args.era:  # ERA: exact entropy of the truncated normal
-                policy_entropy = truncated_normal_entropy(loc, log_std.exp().clamp(min=1e-6)).mean()  # ERA
-            else:  # ERA off: Monte-Carlo estimate -E[log pi]
-                policy_entropy = -log_pi.mean()  # ERA off
-        if args.era:  # ERA: delta rises while the bounded policy's entropy is below the target
+        need_entropy = with_stats or args.era and args.learn_delta  # ERA: delta's loss needs the bounded entropy
+        if need_entropy:
+            with torch.no_grad():
+                gaussian_entropy = (HALF_LOG_2PI_E + log_std).sum(-1).mean()
+                if args.era:  # ERA: exact entropy of the truncated normal
+                    policy_entropy = truncated_normal_entropy(loc, log_std.exp().clamp(min=1e-6)).mean()  # ERA
+                else:  # ERA off: Monte-Carlo estimate -E[log pi]
+                    policy_entropy = -log_pi.mean()  # ERA off
+        if args.era and need_entropy:  # ERA: delta rises while the bounded policy's entropy is below the target
             temp_loss = temp_param * (policy_entropy - target_entropy)  # ERA
-        else:  # ERA off: SAC's temperature loss
+        elif not args.era:  # ERA off: SAC's temperature loss
             temp_loss = -log_alpha.exp() * (log_pi.detach() + target_entropy).mean()  # ERA off
         if not args.era or args.learn_delta:  # ERA
             temp_optimizer.zero_grad()
@@ -502,9 +505,9 @@ def main(args):
                     temp_param.clamp_(0.0, delta_max)  # ERA
 
         with torch.no_grad():
-            for net, target in ((qf1, qf1_target), (qf2, qf2_target)):
-                for p, tp in zip(net.parameters(), target.parameters()):
-                    tp.lerp_(p, args.tau)
+            torch._foreach_lerp_(target_params, online_params, args.tau)
+        if not with_stats:
+            return None
         losses = {"qf1_loss": qf1_loss, "qf2_loss": qf2_loss, "qf_loss": (qf1_loss + qf2_loss) / 2,
                   "actor_loss": actor_loss, "qf1_values": qf1_a_values.detach().mean(),
                   "qf2_values": qf2_a_values.detach().mean()}
@@ -556,13 +559,16 @@ def main(args):
             # ALGO LOGIC: training
             if global_step > args.learning_starts and new_steps:
                 tick = time.perf_counter()
-                for _ in range(new_steps * args.utd_ratio):
-                    losses, gaussian_entropy, policy_entropy = update(rb.sample(args.batch_size))
+                log_now = global_step % args.log_every < new_steps
+                num_new = new_steps * args.utd_ratio
+                for i in range(num_new):
+                    stats = update(rb.sample(args.batch_size), with_stats=log_now and i == num_new - 1)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 update_seconds += time.perf_counter() - tick
-                num_updates += new_steps * args.utd_ratio
-                if global_step % args.log_every < new_steps:  # the only host syncs: every log_every steps
+                num_updates += num_new
+                if log_now:  # the only host syncs: every log_every steps
+                    losses, gaussian_entropy, policy_entropy = stats
                     for name, value in losses.items():
                         writer.add_scalar(f"losses/{name}", value.item(), global_step)
                     writer.add_scalar("charts/entropy", gaussian_entropy.item(), global_step)  # of the Gaussian
