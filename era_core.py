@@ -1,12 +1,18 @@
 """ERA (Entropy Regularizing Activation, arXiv 2510.08549): the entropy-floor math, nothing else.
 
-Pure torch, no state. Every script imports from here; everything algorithm-specific (distributions,
-temperature or delta tuning, losses) stays inline in the scripts.
+Pure torch, no state. Every script imports from here; everything algorithm-specific (networks, temperature or
+delta tuning, losses) stays inline in the scripts. The `check_*` functions own the admissible ranges: a script
+validates an ERA flag with one call, passing the flag's name for the message.
 
-    gaussian_entropy_floor  continuous actions: log-stds whose Gaussian entropy is pinned at a target
-    softmax_entropy_floor   classification: logits whose softmax entropy is >= a floor
-    top_entropy_mean        LLMs: mean of the top-20 % token entropies of each response
-    era_llm_transform       LLMs: the GRPO logit/advantage rule
+    gaussian_entropy_floor    continuous actions: log-stds whose Gaussian entropy is pinned at a target
+    raise_gaussian_entropy    continuous actions: log-stds raised just enough to reach a target (a pure floor)
+    check_gaussian_target     the admissible targets of gaussian_entropy_floor, as one ValueError
+    truncated_normal_*        the bounded policy of SAC-ERA: N(tanh μ, σ²) truncated to [-1, 1]; sampling,
+                              log-density, exact entropy and the entropy it is guaranteed to keep
+    softmax_entropy_floor     classification: logits whose softmax entropy is >= a floor
+    check_softmax_floor       the admissible floors of softmax_entropy_floor, as one ValueError
+    top_entropy_mean          LLMs: mean of the top-20 % token entropies of each response
+    era_llm_transform         LLMs: the GRPO logit/advantage rule
 """
 import math
 
@@ -48,6 +54,101 @@ def gaussian_entropy_floor(raw_std, target_entropy, log_std_min=-8.0, log_std_ma
     return log_std.clamp(min=log_std_min)
 
 
+def check_gaussian_target(entropy_per_dim, log_std_min=-8.0, log_std_max=0.0, flag="entropy_per_dim"):
+    """Raise ValueError (naming ``flag``) unless ``gaussian_entropy_floor`` can reach ``entropy_per_dim`` x D.
+
+    Admissible: log√(2πe) + log σ_min ≤ entropy_per_dim ≤ log√(2πe) + log σ_max, with finite bounds
+    log σ_min < log σ_max. Below the range the σ_min clamp binds on every dimension and the entropy stays above
+    the target (a target nobody reaches); above it σ would exceed σ_max. NaN and ±inf are rejected.
+    """
+    if not -math.inf < log_std_min < log_std_max < math.inf:
+        raise ValueError(f"{flag}: the log-std bounds must be finite with log_std_min < log_std_max, got "
+                         f"[{log_std_min}, {log_std_max}]")
+    low, high = HALF_LOG_2PI_E + log_std_min, HALF_LOG_2PI_E + log_std_max
+    if not low <= entropy_per_dim <= high:
+        raise ValueError(f"{flag} must be in [{low:.4f}, {high:.4f}] nats per action dimension (log sqrt(2 pi e) "
+                         f"+ [log_std_min, log_std_max] = [{log_std_min}, {log_std_max}]), got {entropy_per_dim}")
+
+
+def raise_gaussian_entropy(log_std, target_entropy):
+    """Floor-only continuous ERA: raise log-stds just enough that the Gaussian entropy is at least the target.
+
+    Over the last dimension (D), with H(σ) = D·log√(2πe) + Σ_j log σ_j and H0' = ``target_entropy``:
+
+        log σ'_i = log σ_i + max(0, (H0' − H(σ)) / D)
+
+    Guarantee: H(σ') = max(H(σ), H0'); the output equals the input (values and gradients) wherever the input's
+    entropy is already ≥ H0', so a policy behaves exactly as without ERA until its entropy would fall below the
+    target. While the floor binds, the shift is uniform: the policy still chooses how the budget is split.
+    Unlike ``gaussian_entropy_floor`` there is no σ_max, so every finite target is admissible. Works for a
+    state-independent ``[D]`` parameter and a batched ``[..., D]`` head; ``target_entropy`` is a float.
+    """
+    dim = log_std.shape[-1]
+    shortfall = target_entropy - dim * HALF_LOG_2PI_E - log_std.sum(-1, keepdim=True)
+    return log_std + torch.relu(shortfall) / dim
+
+
+TRUNCATION_BOUND = 1.0 - 1e-6  # the official SAC-ERA policy lives on [-(1 - 1e-6), 1 - 1e-6]
+
+
+def _normal_cdf(x):
+    return 0.5 * (1 + torch.erf(x * math.sqrt(0.5)))
+
+
+def truncated_normal_rsample(loc, scale, bound=TRUNCATION_BOUND):
+    """Reparameterised sample of N(loc, scale²) truncated to [−bound, bound], by the inverse CDF.
+
+    x = loc + scale·Φ⁻¹(Φ(α) + u·(Φ(β) − Φ(α))), u ~ U(1e-6, 1 − 1e-6), α, β = (∓bound − loc)/scale, clipped into
+    the interval (the official SAC-ERA sampler). Differentiable in loc and scale. Needs |loc| ≤ bound, scale > 0.
+    """
+    cdf_low, cdf_high = _normal_cdf((-bound - loc) / scale), _normal_cdf((bound - loc) / scale)
+    u = torch.rand_like(loc).clamp(1e-6, 1 - 1e-6)
+    p = cdf_low + u * (cdf_high - cdf_low)
+    return (loc + scale * math.sqrt(2) * torch.erfinv(2 * p - 1)).clamp(-bound, bound)
+
+
+def truncated_normal_log_prob(x, loc, scale, bound=TRUNCATION_BOUND):
+    """log-density of N(loc, scale²) truncated to [−bound, bound] at x, summed over the last dim.
+
+    log p(x) = Σ_i [ −½z_i² − log√(2π) − log σ_i − log(Φ(β_i) − Φ(α_i)) ],  z = (x − loc)/σ; the mass is floored
+    at 1e-6 as in the official code. Valid for x inside the interval.
+    """
+    z = (x - loc) / scale
+    mass = (_normal_cdf((bound - loc) / scale) - _normal_cdf((-bound - loc) / scale)).clamp(min=1e-6)
+    return (-0.5 * z * z - 0.5 * math.log(2 * math.pi) - torch.log(scale) - torch.log(mass)).sum(-1)
+
+
+def truncated_normal_entropy(loc, scale, bound=TRUNCATION_BOUND):
+    """Exact entropy (nats, summed over the last dim) of N(loc, scale²) truncated to [−bound, bound].
+
+    H_i = log√(2πe) + log(σ_i·Z_i) + (α_i·φ(α_i) − β_i·φ(β_i)) / (2·Z_i),  Z = Φ(β) − Φ(α) floored at 1e-6.
+    """
+    alpha, beta = (-bound - loc) / scale, (bound - loc) / scale
+    mass = (_normal_cdf(beta) - _normal_cdf(alpha)).clamp(min=1e-6)
+    pdf_term = alpha * torch.exp(-0.5 * alpha * alpha) - beta * torch.exp(-0.5 * beta * beta)
+    per_dim = HALF_LOG_2PI_E + torch.log(scale * mass) + pdf_term / (2 * mass * math.sqrt(2 * math.pi))
+    return per_dim.sum(-1)
+
+
+def truncated_normal_entropy_bound(target_entropy, dim, log_std_max=0.0, bound=TRUNCATION_BOUND):
+    """The entropy the bounded ERA policy is guaranteed to keep, whatever the mean does.
+
+    Policy: N(tanh μ, σ²) truncated to [−bound, bound], σ from ``gaussian_entropy_floor`` with target H0' and
+    σ ≤ σ_max, so Σ_i log σ_i ≥ H0' − D·log√(2πe). With f(σ) = the smallest truncated-normal entropy over all
+    locations in the interval (reached with the location on the boundary) and c = f(σ_max) − log σ_max:
+
+        H(policy) ≥ H0' − D·log√(2πe) + D·c
+
+    because f(σ) − log σ does not increase with σ (both facts checked numerically on a grid and property-tested
+    in tests/test_era_core.py). For σ_max = 1 and bound 1: c = 0.5661, so a target of 0.25 nats/dim keeps at least
+    −0.603 nats/dim, even with a saturated mean (a tanh-Gaussian's entropy has no such floor).
+    """
+    scale_max = torch.tensor(math.exp(log_std_max), dtype=torch.float64)
+    edge = torch.tensor(bound, dtype=torch.float64)
+    c = truncated_normal_entropy(edge.reshape(1), scale_max.reshape(1), bound).item() - log_std_max
+    return target_entropy - dim * HALF_LOG_2PI_E + dim * c
+
+
 def softmax_entropy_floor(logits, min_entropy, tau=4.0):
     """Discrete ERA: logits z -> z' whose softmax has entropy >= ``min_entropy`` along the last dim.
 
@@ -77,17 +178,8 @@ def softmax_entropy_floor(logits, min_entropy, tau=4.0):
     anyway. τ must exceed e so that z' = −ln τ lies on the invertible branch.
     """
     n = logits.shape[-1]
-    if n < 2:
-        raise ValueError(f"softmax_entropy_floor needs at least 2 classes, got {n}")
-    if not tau > math.e:
-        raise ValueError(f"tau must be > e = {math.e:.5f}, got {tau}")
+    check_softmax_floor(min_entropy, n, tau)
     a = math.log(tau) / tau
-    low, high = 1 + math.log(a), 1 + math.log(n * a)
-    if not low < min_entropy <= high:
-        raise ValueError(
-            f"min_entropy {min_entropy} is outside the admissible range ({low:.4f}, {high:.4f}] "
-            f"for {n} classes with tau={tau} (that is (1 + ln(ln(tau)/tau), 1 + ln(n*ln(tau)/tau)])"
-        )
     c = math.exp(min_entropy - 1)
     work_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     p = torch.softmax(logits.to(work_dtype), dim=-1)
@@ -100,6 +192,23 @@ def softmax_entropy_floor(logits, min_entropy, tau=4.0):
             t = t - (t - torch.log1p(t) - u) * (1 + t) / t
     t = t + (u - (t - torch.log1p(t))) * ((1 + t) / t)  # value unchanged at the root; carries d t / d u
     return (-1 - t).to(logits.dtype)
+
+
+def check_softmax_floor(min_entropy, num_classes, tau=4.0, flag="min_entropy"):
+    """Raise ValueError (naming ``flag``) unless ``softmax_entropy_floor`` admits ``min_entropy``.
+
+    Admissible: 1 + ln(ln τ/τ) < H0 ≤ 1 + ln(n·ln τ/τ) for n ≥ 2 classes and τ > e; for τ = 4 that is
+    (−0.0596, ln n − 0.0596]. NaN and ±inf are rejected.
+    """
+    if num_classes < 2:
+        raise ValueError(f"{flag}: softmax_entropy_floor needs at least 2 classes, got {num_classes}")
+    if not math.e < tau < math.inf:
+        raise ValueError(f"{flag}: tau must be a finite number > e = {math.e:.5f}, got {tau}")
+    a = math.log(tau) / tau
+    low, high = 1 + math.log(a), 1 + math.log(num_classes * a)
+    if not low < min_entropy <= high:
+        raise ValueError(f"{flag} must be in ({low:.4f}, {high:.4f}] nats for {num_classes} classes with tau={tau} "
+                         f"(1 + ln(ln(tau)/tau), 1 + ln(n*ln(tau)/tau)]), got {min_entropy}")
 
 
 def top_entropy_mean(token_entropy, mask, frac=0.2):

@@ -48,7 +48,7 @@ from torch.distributions.normal import Normal
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from era_core import HALF_LOG_2PI_E, gaussian_entropy_floor
+from era_core import HALF_LOG_2PI_E, gaussian_entropy_floor, raise_gaussian_entropy
 
 gym.register_envs(shimmy)
 
@@ -120,6 +120,10 @@ class Args:
     target_entropy_per_dim: float = -0.3
     """ERA target Gaussian entropy per action dimension (total = value x D). -0.3 is UNVERIFIED: the only
     published account of PPO-ERA's target is a third-party note quoting the paper's appendix (paper_facts §1.8)"""
+    era_mode: Literal["pin", "floor"] = "pin"
+    """ERA: pin = the paper's activation (entropy exactly the target); floor = raise the log-stds only when the entropy would fall below it"""
+    init_log_std: float = 0.0
+    """initial value of the state-independent log-std parameter (CleanRL: 0)"""
     state_dependent_std: bool = False
     """raw log-std from a linear head on the actor's features instead of CleanRL's state-independent vector
     (with --no-era the head's output is the log-std, unbounded like CleanRL's vector)"""
@@ -269,10 +273,11 @@ class Agent(nn.Module):
         if args.state_dependent_std:
             self.actor_logstd = layer_init(nn.Linear(64, act_dim), std=0.01)
         else:
-            self.actor_logstd = nn.Parameter(torch.zeros(1, act_dim))
+            self.actor_logstd = nn.Parameter(torch.full((1, act_dim), args.init_log_std))
         self.era = args.era
         self.target_entropy = args.target_entropy_per_dim * act_dim  # ERA: H0' = per-dim target x D
         self.log_std_bounds = (args.log_std_min, args.log_std_max)  # ERA
+        self.era_mode = args.era_mode  # ERA
 
     def get_value(self, x):
         return self.critic(x)
@@ -281,8 +286,10 @@ class Agent(nn.Module):
         hidden = self.actor_trunk(x)
         action_mean = self.actor_mean(hidden)
         action_logstd = self.actor_logstd(hidden) if self.state_dependent_std else self.actor_logstd
-        if self.era:  # ERA: the raw log-std becomes log-stds with Gaussian entropy = target (sigma_min permitting)
+        if self.era and self.era_mode == "pin":  # ERA: the raw log-std becomes log-stds with Gaussian entropy = target (sigma_min permitting)
             action_logstd = gaussian_entropy_floor(action_logstd, self.target_entropy, *self.log_std_bounds)  # ERA
+        if self.era and self.era_mode == "floor":  # ERA
+            action_logstd = raise_gaussian_entropy(action_logstd, self.target_entropy)  # ERA
         probs = Normal(action_mean, action_logstd.expand_as(action_mean).exp())
         if action is None:
             action = probs.sample()

@@ -13,8 +13,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from era_core import (HALF_LOG_2PI_E, era_llm_transform, gaussian_entropy_floor, softmax_entropy_floor,
-                      top_entropy_mean)
+from scipy.stats import truncnorm
+
+from era_core import (HALF_LOG_2PI_E, TRUNCATION_BOUND, check_gaussian_target, check_softmax_floor,
+                      era_llm_transform, gaussian_entropy_floor, raise_gaussian_entropy, softmax_entropy_floor,
+                      top_entropy_mean, truncated_normal_entropy, truncated_normal_entropy_bound,
+                      truncated_normal_log_prob, truncated_normal_rsample)
 
 EXAMPLES = int(os.environ.get("ERA_CORE_EXAMPLES", "200"))
 ROWS = 64  # rows per example: EXAMPLES * ROWS = 12 800 cases per property by default
@@ -85,6 +89,93 @@ def test_gaussian_rejects_impossible_target():
         gaussian_entropy_floor(torch.zeros(6), limit + 0.01)
     with pytest.raises(ValueError, match="log_std_min"):
         gaussian_entropy_floor(torch.zeros(6), 0.0, log_std_min=1.0, log_std_max=0.0)
+
+
+def test_check_gaussian_target_range_and_non_finite():
+    check_gaussian_target(HALF_LOG_2PI_E - 8.0)  # both ends admissible
+    check_gaussian_target(HALF_LOG_2PI_E)
+    for bad in (HALF_LOG_2PI_E + 1e-9, HALF_LOG_2PI_E - 8.0 - 1e-9, -100.0, math.nan, math.inf, -math.inf):
+        with pytest.raises(ValueError, match=r"^--entropy-per-dim must be in \[-6.5811, 1.4189\]"):
+            check_gaussian_target(bad, flag="--entropy-per-dim")
+    for low, high in ((0.0, 0.0), (1.0, -1.0), (math.nan, 0.0), (-math.inf, 0.0)):
+        with pytest.raises(ValueError, match="log_std_min < log_std_max"):
+            check_gaussian_target(0.0, low, high)
+
+
+# ---------------------------------------------------------------------------------- raise_gaussian_entropy
+@PROPERTY
+@given(seed=st.integers(0, 2**31 - 1), dim=st.integers(1, 64), per_dim=st.floats(-10.0, 3.0),
+       scale=st.sampled_from([1e-2, 1.0, 5.0]), shift=st.floats(-6.0, 3.0), state_dependent=st.booleans())
+def test_raise_gaussian_entropy_is_a_floor_and_identity_above(seed, dim, per_dim, scale, shift, state_dependent):
+    # EXAMPLES x ROWS cases: the entropy is max(input entropy, target); rows already above are untouched
+    g = torch.Generator().manual_seed(seed)
+    log_std = torch.randn(ROWS if state_dependent else 1, dim, generator=g, dtype=torch.float64) * scale + shift
+    log_std.requires_grad_()
+    target = per_dim * dim
+    out = raise_gaussian_entropy(log_std, target)
+    normal = lambda ls: torch.distributions.Normal(torch.zeros_like(ls), ls.exp()).entropy().sum(-1)  # noqa: E731
+    h_in, h_out = normal(log_std.detach()), normal(out.detach())
+    assert (h_out >= target - 1e-9 * max(1.0, abs(target))).all()
+    assert torch.allclose(h_out, torch.maximum(h_in, torch.full_like(h_in, target)), atol=1e-9, rtol=1e-12)
+    above = h_in >= target
+    assert torch.equal(out.detach()[above], log_std.detach()[above])  # bit for bit where the floor is slack
+    grad, = torch.autograd.grad(out[above].sum(), log_std) if above.any() else (None,)
+    if grad is not None:
+        assert torch.equal(grad[above], torch.ones_like(grad[above]))
+
+
+def test_raise_gaussian_entropy_binding_keeps_the_split():
+    log_std = torch.tensor([[-3.0, -1.0, -2.0]], requires_grad=True)
+    out = raise_gaussian_entropy(log_std, 0.0)
+    assert torch.allclose(out - log_std, (out - log_std)[:, :1].expand(1, 3))  # uniform shift
+    entropy = (HALF_LOG_2PI_E + out).sum()
+    grad, = torch.autograd.grad(entropy, log_std)
+    assert torch.allclose(grad, torch.zeros(1, 3), atol=1e-6)  # while binding the entropy cannot be lowered
+
+
+# ------------------------------------------------------------------------------- truncated normal (SAC-ERA)
+def test_truncated_normal_helpers_match_scipy():
+    g = torch.Generator().manual_seed(0)
+    loc = (torch.rand(200, 3, generator=g, dtype=torch.float64) * 2 - 1) * TRUNCATION_BOUND
+    scale = torch.exp(torch.rand(200, 3, generator=g, dtype=torch.float64) * 6 - 5)
+    a, b = ((-TRUNCATION_BOUND - loc) / scale).numpy(), ((TRUNCATION_BOUND - loc) / scale).numpy()
+    ref = truncnorm(a, b, loc=loc.numpy(), scale=scale.numpy())
+    assert torch.allclose(truncated_normal_entropy(loc, scale), torch.from_numpy(ref.entropy().sum(-1)), atol=1e-6)
+    x = ref.rvs(random_state=0)  # points where the density lives
+    assert torch.allclose(truncated_normal_log_prob(torch.from_numpy(x), loc, scale),
+                          torch.from_numpy(ref.logpdf(x).sum(-1)), atol=1e-6)
+    torch.manual_seed(0)
+    loc1, scale1 = torch.full((200_000,), 0.7, dtype=torch.float64), torch.full((200_000,), 0.4, dtype=torch.float64)
+    sample = truncated_normal_rsample(loc1, scale1)
+    ref1 = truncnorm((-TRUNCATION_BOUND - 0.7) / 0.4, (TRUNCATION_BOUND - 0.7) / 0.4, loc=0.7, scale=0.4)
+    assert sample.abs().max() <= TRUNCATION_BOUND
+    assert abs(sample.mean().item() - ref1.mean()) < 3e-3 and abs(sample.std().item() - ref1.std()) < 3e-3
+
+
+@PROPERTY
+@given(seed=st.integers(0, 2**31 - 1), dim=st.integers(1, 61), per_dim=st.floats(-6.5, 1.4189),
+       saturation=st.sampled_from([0.0, 5.0, 50.0]))
+def test_truncated_normal_keeps_the_documented_bound(seed, dim, per_dim, saturation):
+    # EXAMPLES x ROWS policies N(tanh μ, σ²) on [-1, 1], σ from gaussian_entropy_floor, means up to |μ| = 50:
+    # the exact entropy never falls below truncated_normal_entropy_bound (a tanh-Gaussian's would)
+    g = torch.Generator().manual_seed(seed)
+    raw_std = torch.randn(ROWS, dim, generator=g, dtype=torch.float64) * 3
+    mean = torch.randn(ROWS, dim, generator=g, dtype=torch.float64) + saturation * torch.sign(
+        torch.randn(ROWS, dim, generator=g, dtype=torch.float64))
+    log_std = gaussian_entropy_floor(raw_std, per_dim * dim)
+    loc = torch.tanh(mean).clamp(-TRUNCATION_BOUND, TRUNCATION_BOUND)
+    entropy = truncated_normal_entropy(loc, log_std.exp())
+    assert (entropy >= truncated_normal_entropy_bound(per_dim * dim, dim) - 1e-9).all()
+
+
+def test_truncated_normal_bound_value_and_where_it_is_reached():
+    assert truncated_normal_entropy_bound(0.25 * 6, 6) / 6 == pytest.approx(-0.6028, abs=1e-4)
+    # reached exactly at the largest target (every σ = σ_max) with every location on the boundary
+    dim = 4
+    loc, scale = torch.full((dim,), TRUNCATION_BOUND, dtype=torch.float64), torch.ones(dim, dtype=torch.float64)
+    bound = truncated_normal_entropy_bound(dim * HALF_LOG_2PI_E, dim)
+    assert truncated_normal_entropy(loc, scale).item() == pytest.approx(bound, abs=1e-9)
+    assert truncated_normal_entropy(loc * 0.9, scale).item() > bound + 1e-3  # any other location keeps more
 
 
 # ----------------------------------------------------------------------------------- softmax_entropy_floor
@@ -184,14 +275,18 @@ def test_softmax_broadcasts_over_leading_dims():
 
 
 def test_softmax_errors_name_the_range():
-    with pytest.raises(ValueError, match=r"admissible range \(-0.0597, 2.2429\] for 10 classes"):
+    with pytest.raises(ValueError, match=r"min_entropy must be in \(-0.0597, 2.2429\] nats for 10 classes"):
         softmax_entropy_floor(torch.zeros(2, 10), 2.3)
-    with pytest.raises(ValueError, match="admissible range"):
+    with pytest.raises(ValueError, match="must be in"):
         softmax_entropy_floor(torch.zeros(2, 10), 1 + math.log(TAU_A))
     with pytest.raises(ValueError, match="at least 2 classes"):
         softmax_entropy_floor(torch.zeros(2, 1), 0.5)
-    with pytest.raises(ValueError, match="tau must be > e"):
+    with pytest.raises(ValueError, match="tau must be a finite number > e"):
         softmax_entropy_floor(torch.zeros(2, 10), 0.5, tau=2.0)
+    for bad in (math.nan, math.inf, -math.inf):
+        with pytest.raises(ValueError, match=r"^--min-entropy must be in"):
+            check_softmax_floor(bad, 10, flag="--min-entropy")
+    check_softmax_floor(2.2429, 10)  # the upper end is admissible
 
 
 # ---------------------------------------------------------------------------------------- top_entropy_mean
