@@ -10,6 +10,7 @@ Everything after `--` is passed to the script unchanged. Each run gets its own d
         log.txt    the script's stdout + stderr (appended on every attempt)
         runs/      the script's --runs-dir: tensorboard events and checkpoint.pt under runs/<run_name>/
         DONE       written when the script exits with code 0; a run with DONE is skipped next time
+                   (a script stopped by a signal saves its checkpoint and exits 130/143: not DONE)
 
 <group> is `--group`, else the value of the script's `--env-id`/`--dataset` flag, else "default".
 An unfinished run that left a checkpoint.pt is continued with `--resume`; without one it starts again
@@ -34,7 +35,7 @@ import tyro
 REPO = Path(__file__).resolve().parent.parent
 RESERVED = ("--seed", "--runs-dir", "--era", "--no-era", "--resume")  # set by this runner, per run
 GROUP_FLAGS = ("--env-id", "--dataset")  # its value names the group (one panel in plot.py)
-INTERRUPTED = threading.Event()  # Ctrl-C: a script that exits 0 after saving its checkpoint is not DONE
+INTERRUPTED = threading.Event()  # Ctrl-C or SIGTERM of the runner: nothing started afterwards is marked DONE
 RUNNING = set()  # live subprocesses, to pass a Ctrl-C on to them exactly once
 
 
@@ -55,7 +56,9 @@ class Args:
     threads: Optional[int] = None
     """OMP/MKL threads per run (default: $OMP_NUM_THREADS if set, else CPU count // workers, at least 1)"""
     timeout: Optional[int] = None
-    """seconds per run before it is interrupted (SIGINT, so the script saves a checkpoint; then killed)"""
+    """seconds per run before it is stopped with SIGTERM (the script finishes its unit, saves, exits 143)"""
+    grace: int = 900
+    """seconds a stopped script gets to finish its unit and save before it is killed"""
     resume: bool = True
     """continue an unfinished run from its checkpoint.pt when there is one"""
     dry_run: bool = False
@@ -88,6 +91,8 @@ def check_args(args: Args, extra: List[str]) -> Path:
         raise ValueError(f"--variants must be distinct values of era/baseline, got {args.variants}")
     if args.timeout is not None and args.timeout <= 0:
         raise ValueError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    if args.grace < 1:
+        raise ValueError(f"--grace must be >= 1 second, got {args.grace}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     for tok in extra:
@@ -147,9 +152,9 @@ def execute(job: dict, args: Args, threads: int) -> dict:
         try:
             rc = proc.wait(timeout=args.timeout)
         except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGINT)  # the scripts save a checkpoint on KeyboardInterrupt
+            proc.send_signal(signal.SIGTERM)  # the scripts finish their unit, save a checkpoint, exit 143
             try:
-                proc.wait(timeout=60)
+                proc.wait(timeout=args.grace)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -186,7 +191,7 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
                 if res["status"] not in ("skipped", "dry-run"):
                     print(f"[{len(results)}/{len(jobs)}] {res['variant']} seed {res['seed']}: {res['status']} "
                           f"in {res['wall']:.0f} s, log {res['log']}", flush=True)
-        except KeyboardInterrupt:  # the scripts save a checkpoint on SIGINT; wait for them
+        except KeyboardInterrupt:  # the scripts finish their unit and save a checkpoint on SIGINT; wait for them
             INTERRUPTED.set()
             for proc in list(RUNNING):
                 proc.send_signal(signal.SIGINT)

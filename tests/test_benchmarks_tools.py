@@ -27,7 +27,8 @@ run, plot = load("run"), load("plot")
 
 # A stand-in for a project script: same flags, CleanRL run name, tensorboard events, a checkpoint.
 FAKE_SCRIPT = textwrap.dedent('''
-    import argparse, os, sys, time
+    import argparse, os, signal, sys, time
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # the real scripts treat both signals alike
     p = argparse.ArgumentParser()
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--runs-dir", default="runs")
@@ -125,9 +126,9 @@ def test_runner_dry_run_timeout_and_bad_input(tmp_path, capsys):
     assert "--seed 7 --runs-dir" in capsys.readouterr().out
     res = run.main(base + ["--variants", "era", "--timeout", "2", "--", "--sleep", "60"])
     assert [r["status"] for r in res] == ["timeout"]
-    assert (tmp_path / "out/fake_script/default/era/seed7/runs/interrupted").exists()  # got SIGINT, not a kill
+    assert (tmp_path / "out/fake_script/default/era/seed7/runs/interrupted").exists()  # got SIGTERM, not a kill
     for bad, match in [(["--workers", "0"], "--workers"), (["--", "--seed", "3"], "set by the runner"),
-                       (["--", "--runs-dir=x"], "set by the runner"), (["--timeout", "0"], "--timeout")]:
+                       (["--", "--runs-dir=x"], "set by the runner"), (["--timeout", "0"], "--timeout"), (["--grace", "0"], "--grace")]:
         with pytest.raises(ValueError, match=match):
             run.main(base + bad)
     with pytest.raises(ValueError, match="no such file"):
