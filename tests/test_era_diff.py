@@ -19,7 +19,7 @@ TINY = {
                    "--eval-every", "1000", "--eval-episodes", "1", "--save-every", "0"],
     "ppo_era.py": ["--env-id", "Hopper-v5", "--num-envs", "2", "--num-steps", "64", "--num-minibatches", "4",
                    "--update-epochs", "2", "--total-timesteps", "256", "--eval-every", "256", "--eval-episodes", "1",
-                   "--save-every", "0"],
+                   "--save-every", "0", "--log-every", "128"],
     "tdmpc2_era.py": ["--env-id", "dm_control/cartpole-balance-v0", "--model-size", "1", "--latent-dim", "16",
                       "--mlp-dim", "16", "--enc-dim", "16", "--num-samples", "32", "--num-elites", "4",
                       "--num-pi-trajs", "4", "--iterations", "2", "--batch-size", "8", "--episode-length", "20",
