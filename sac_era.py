@@ -1,67 +1,77 @@
-"""SAC with ERA (Entropy Regularizing Activation, arXiv 2510.08549) for continuous control, in one file.
-
-ERA (default): the policy is a truncated normal on [-1, 1] around tanh(mean) whose log-std comes from
-era_core.gaussian_entropy_floor, so the Gaussian entropy is pinned at `entropy_per_dim` x D. The entropy is
-kept by the activation, so the actor loss and the critic target carry no entropy term and there is no
-temperature (the official SAC-ERA recipe). `--no-era`: SAC as CleanRL has it (tanh-Gaussian, automatic
-temperature with target -D), same networks and schedule. `grep -n "# ERA" sac_era.py` shows every line that
-differs between the two. Docs: README.md ("sac_era.py").
-"""
-import difflib
+# docs and results: docs/sac_era.md · the run skeleton shared by all five scripts: docs/skeleton.md
+import contextlib
+import importlib
+import io
+import math
 import os
 import random
-import re
 import signal
-import threading
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-if os.environ.get("MUJOCO_GL") == "osmesa":  # OSMesa's LLVM must load after triton's (torch.optim pulls it in)
-    import torch._dynamo  # noqa: F401  (in the other order the process segfaults)
-import cloudpickle
+if not os.environ.get("DISPLAY"):
+    os.environ.setdefault("MUJOCO_GL", "disable")  # no display: no renderer, no GLFW warning at start
+if importlib.util.find_spec("triton"):  # with MUJOCO_GL=osmesa, OSMesa's LLVM loaded before triton's segfaults
+    importlib.import_module("triton")
+
 import gymnasium as gym
-import mujoco
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
-from era_core import HALF_LOG_2PI_E, gaussian_entropy_floor
+from era_core import HALF_LOG_2PI_E, TRUNCATION_BOUND, check_gaussian_target, gaussian_entropy_floor  # ERA
+from era_core import truncated_normal_entropy, truncated_normal_log_prob, truncated_normal_rsample  # ERA
+
+SCRIPT = os.path.basename(__file__)
 
 
 @dataclass
 class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment (`_noera` is appended with --no-era)"""
+    """the name of this experiment"""
     seed: int = 1
     """seed of the experiment"""
     torch_deterministic: bool = True
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
-    """if toggled, cuda is used when available"""
+    """if toggled, cuda will be enabled when available"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases (pip install wandb)"""
+    wandb_project_name: str = "era"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to capture videos of the evaluation episodes (check out the `videos` folder of the run)"""
     runs_dir: str = "runs"
-    """tensorboard logs and checkpoints go to {runs_dir}/{run_name}/"""
+    """tensorboard logs, checkpoint.pt and videos go to {runs_dir}/{run_name}/"""
+    resume: Optional[str] = None
+    """continue the run saved in this checkpoint.pt with its own flags (only --total-timesteps and --cuda may change)"""
+    save_every: int = 50_000
+    """write checkpoint.pt every N agent steps, at the next episode end (0: only at the end and on a signal)"""
+    eval_every: int = 25_000
+    """evaluate the deterministic policy every N agent steps and at the end (0: only at the end)"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    log_every: int = 100
+    """log losses every N agent steps"""
     compile: bool = False
-    """torch.compile the actor and critics (opt-in)"""
+    """torch.compile the networks (opt-in)"""
 
-    # Environment
+    # Algorithm specific arguments
     env_id: str = "dm_control/cheetah-run-v0"
     """gymnasium MuJoCo (`HalfCheetah-v5`), dm_control (`dm_control/dog-run-v0`) or HumanoidBench (`h1hand-walk-v0`) id"""
     action_repeat: int = 0
-    """env steps per agent step; 0 = auto: 2 for HumanoidBench (as the official SAC-ERA code), 1 otherwise.
-    All step counts (total-timesteps, learning-starts, eval-every, x axes) count agent steps"""
+    """env steps per agent step (0: 2 on HumanoidBench, as the official SAC-ERA code, else 1); steps count agent steps"""
     humanoidbench_termination: bool = False
     """keep HumanoidBench's early termination (the official SAC-ERA code disables it)"""
-    num_envs: int = 1
-    """parallel environments (synchronous vector env)"""
-
-    # Algorithm specific arguments
     total_timesteps: int = 1_000_000
-    """total agent steps (transitions collected, summed over envs)"""
+    """total agent steps"""
     buffer_size: int = 1_000_000
     """the replay memory buffer size"""
     gamma: float = 0.99
@@ -73,323 +83,291 @@ class Args:
     learning_starts: int = 5000
     """agent steps of uniformly random actions before the first update"""
     utd_ratio: int = 2
-    """gradient updates (critic, actor and temperature or delta) per agent step"""
+    """gradient updates (critics, actor, temperature or delta) per agent step"""
     policy_lr: float = 3e-4
     """learning rate of the actor (Adam)"""
     q_lr: float = 3e-4
-    """learning rate of the critics (AdamW) and of the temperature / delta"""
+    """learning rate of the critics (AdamW) and of the temperature"""
     critic_weight_decay: float = 1e-4
     """AdamW weight decay of the critics (optax's default, as the official code)"""
     hidden_dim: int = 512
     """width of the two hidden layers of actor and critics"""
 
     # ERA
-    era: bool = True
-    """ERA policy (truncated normal, entropy pinned by the activation); --no-era: SAC with temperature"""
-    entropy_per_dim: float = 0.25
-    """ERA target: the Gaussian's entropy is pinned at entropy_per_dim x D nats (official default 0.25)"""
-    log_std_min: float = -8.0
-    """ERA lower bound of log sigma (official -8)"""
-    log_std_max: float = 0.0
-    """ERA upper bound of log sigma (official 0, sigma <= 1 on the [-1, 1] action scale)"""
-    learn_delta: bool = False
-    """ERA: learn the paper's compensation delta >= 0 so the truncated policy's own entropy reaches the target
-    (off by default, as in the official code)"""
-    delta_lr: float = 3e-4
-    """learning rate of delta (the paper gives none; SAC's temperature rate)"""
-
-    # Evaluation, logging, checkpoints
-    eval_every: int = 25_000
-    """evaluate the deterministic policy every N agent steps (0 = never)"""
-    eval_episodes: int = 10
-    """episodes per evaluation"""
-    log_every: int = 100
-    """log losses every N agent steps"""
-    save_every: int = 50_000
-    """write {runs_dir}/{run_name}/checkpoint.pt every N agent steps (0 = only at the end and on Ctrl-C)"""
-    resume: Optional[str] = None
-    """path of a checkpoint.pt to continue from (its arguments are used, except total-timesteps and cuda)"""
+    era: bool = True  # ERA
+    """ERA (default) or the SAC baseline (--no-era)"""  # ERA
+    entropy_per_dim: float = 0.25  # ERA
+    """ERA target: the Gaussian's entropy is pinned at entropy_per_dim x D nats (official default 0.25)"""  # ERA
+    log_std_min: float = -8.0  # ERA
+    """ERA lower bound of log sigma (official -8)"""  # ERA
+    log_std_max: float = 0.0  # ERA
+    """ERA upper bound of log sigma (official 0: sigma <= 1 on the [-1, 1] action scale)"""  # ERA
+    learn_delta: bool = False  # ERA
+    """learn the paper's compensation delta >= 0 so the bounded policy's own entropy reaches the target"""  # ERA
+    delta_lr: float = 3e-4  # ERA
+    """learning rate of delta (Adam; the paper gives none)"""  # ERA
 
 
-HUMANOIDBENCH_ID = re.compile(r"^(h1|h1hand|h1strong|h1touch|g1)-.+-v\d+$")
-HUMANOIDBENCH_INSTALL = ("HumanoidBench is not installed: pip install jax==0.4.30 jaxlib==0.4.30 \"numpy<2\" && "
+# TRY NOT TO MODIFY: command line, checkpoints, RNG (the same design in all five scripts: docs/skeleton.md)
+BUDGET = ("total_timesteps", "cuda")  # the only flags that may be given with --resume
+HUMANOIDBENCH = ("h1-", "h1hand-", "h1strong-", "h1touch-", "g1-")  # HumanoidBench ids start with a robot's name
+HUMANOIDBENCH_INSTALL = ('pip install jax==0.4.30 jaxlib==0.4.30 "numpy<2" && '
                          "pip install --no-deps git+https://github.com/carlosferrazza/humanoid-bench.git")
-TRUNC_BOUND = 1.0 - 1e-6  # ERA: the truncated normal lives on [-TRUNC_BOUND, TRUNC_BOUND], as the official code
 
 
-def check_env_id(env_id):
-    """Register the family `env_id` belongs to; one clear error if it is unknown."""
-    if env_id.startswith("dm_control/"):
-        import shimmy  # noqa: F401  (registers the dm_control/* ids)
-    if HUMANOIDBENCH_ID.match(env_id) and env_id not in gym.registry:
-        try:
-            import humanoid_bench  # noqa: F401  (registers the HumanoidBench ids)
-        except ImportError:
-            raise SystemExit(HUMANOIDBENCH_INSTALL) from None
-    if env_id not in gym.registry:
-        close = difflib.get_close_matches(env_id, list(gym.registry), n=3)
-        raise ValueError(f"--env-id {env_id!r} is not a registered gymnasium id"
-                         + (f"; did you mean {', '.join(close)}?" if close else
-                            "; e.g. HalfCheetah-v5, dm_control/cheetah-run-v0, h1hand-walk-v0"))
+def fail(message):
+    """Bad input: one line on stderr, exit code 2, no traceback; nothing saved is touched."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_args():
+    """tyro's command line; its parse errors reduced to the same one line as check_args'."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(Args)
+    except SystemExit as e:
+        if e.code:  # tyro draws a box: keep the message line under its title
+            text = [line.strip(" │╭╮╰╯─") for line in captured.getvalue().splitlines()]
+            fail(next(iter([line for line in text if line][1:]), "bad command line"))
+        raise
+
+
+def check_args(args):
+    """ValueError naming the first flag out of its range (tyro has checked the types; NaN fails every test)."""
+    renderer = os.environ.get("MUJOCO_GL", "").lower() not in ("off", "disable", "disabled", "false", "0")
+    for name, ok, allowed in [
+        *[(n, getattr(args, n) >= 1, ">= 1") for n in ("total_timesteps", "utd_ratio", "hidden_dim", "eval_episodes", "log_every")],
+        *[(n, getattr(args, n) >= 0, ">= 0") for n in ("action_repeat", "eval_every", "save_every")],
+        *[(n, 0 < getattr(args, n) < math.inf, "a finite number > 0") for n in ("policy_lr", "q_lr")],
+        ("delta_lr", 0 < args.delta_lr < math.inf, "a finite number > 0"),  # ERA
+        ("critic_weight_decay", 0 <= args.critic_weight_decay < math.inf, "a finite number >= 0"),
+        ("learning_starts", 0 <= args.learning_starts < args.total_timesteps, "in [0, --total-timesteps)"),
+        ("batch_size", 1 <= args.batch_size <= args.buffer_size, "in [1, --buffer-size]"),
+        ("gamma", 0 <= args.gamma <= 1, "in [0, 1]"),
+        ("tau", 0 < args.tau <= 1, "in (0, 1]"),
+        ("track", not args.track or importlib.util.find_spec("wandb"), "off unless wandb is installed (pip install wandb)"),
+        ("capture_video", not args.capture_video or renderer, "off unless MUJOCO_GL=egl (GPU) or MUJOCO_GL=osmesa (CPU) is set"),
+        ("capture_video", not args.capture_video or importlib.util.find_spec("moviepy"), "off unless moviepy is installed (pip install moviepy)"),
+    ]:
+        if not ok:
+            raise ValueError(f"--{name.replace('_', '-')} must be {allowed}, got {getattr(args, name)}")
+    check_gaussian_target(args.entropy_per_dim, args.log_std_min, args.log_std_max, "--entropy-per-dim")  # ERA
+    if args.env_id.startswith("dm_control/"):
+        gym.register_envs(importlib.import_module("shimmy"))
+    if args.env_id.startswith(HUMANOIDBENCH):
+        if not importlib.util.find_spec("humanoid_bench"):
+            raise ValueError(f"--env-id {args.env_id}: HumanoidBench is not installed: {HUMANOIDBENCH_INSTALL}")
+        if not renderer:
+            raise ValueError(f"--env-id {args.env_id}: HumanoidBench opens a renderer: set MUJOCO_GL=egl or MUJOCO_GL=osmesa")
+        importlib.import_module("humanoid_bench")  # registers its ids
+    if args.env_id not in gym.registry:
+        raise ValueError(f"--env-id {args.env_id} is not a registered gymnasium id (e.g. Hopper-v5, dm_control/cheetah-run-v0)")
+
+
+def load_checkpoint(args):
+    """(the saved run's Args with this command line's budget flags, the checkpoint); ValueError if unusable."""
+    given = [k for k, v in asdict(args).items() if k != "resume" and v != getattr(Args(), k)]
+    for name in given:
+        if name not in BUDGET:
+            raise ValueError(f"--{name.replace('_', '-')} cannot be given with --resume, which continues the run with "
+                             f"its saved flags (only --{' and --'.join(b.replace('_', '-') for b in BUDGET)} may change)")
+    try:
+        checkpoint = torch.load(args.resume, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise ValueError(f"--resume {args.resume}: no such file") from None
+    except Exception:
+        raise ValueError(f"--resume {args.resume}: not a readable checkpoint (empty, truncated or not a torch.save file)") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("script") != SCRIPT or set(checkpoint["args"]) != set(asdict(args)):
+        raise ValueError(f"--resume {args.resume}: not a checkpoint of this version of {SCRIPT}")
+    saved = Args(**checkpoint["args"])
+    for name in given:
+        setattr(saved, name, getattr(args, name))
+    saved.resume = args.resume
+    return saved, checkpoint
+
+
+def save_checkpoint(path, **state):
+    """Atomic: written to a temporary file, then renamed, so a kill mid-write keeps the previous checkpoint."""
+    torch.save({"script": SCRIPT, **state}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def rng_state():
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def episode_seed(seed, episode):
+    """The reset seed of episode `episode` (0, 1, ...): a resumed run starts its next episode as an uninterrupted one."""
+    return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0])
 
 
 class ActionRepeat(gym.Wrapper):
-    """Repeat each action `repeat` times, summing rewards; stops early when the episode ends."""
+    """Each action repeated `repeat` times, rewards summed; `terminate=False` ends episodes only at the time limit
+    (HumanoidBench as the official SAC-ERA code runs it)."""
 
-    def __init__(self, env, repeat):
+    def __init__(self, env, repeat, terminate):
         super().__init__(env)
-        self.repeat = repeat
+        self.repeat, self.terminate = repeat, terminate
 
     def step(self, action):
         total = 0.0
         for _ in range(self.repeat):
             obs, reward, terminated, truncated, info = self.env.step(action)
-            total += reward
+            total, terminated = total + reward, terminated and self.terminate
             if terminated or truncated:
                 break
         return obs, total, terminated, truncated, info
 
 
-class NoTermination(gym.Wrapper):
-    """HumanoidBench as the official SAC-ERA code runs it: episodes only end at the time limit."""
-
-    def step(self, action):
-        obs, reward, _, truncated, info = self.env.step(action)
-        return obs, reward, False, truncated, info
-
-
-def make_env(env_id, seed, action_repeat, humanoidbench_termination):
-    def thunk():
-        env = gym.make(env_id)
-        if HUMANOIDBENCH_ID.match(env_id) and not humanoidbench_termination:
-            env = NoTermination(env)
-        if isinstance(env.observation_space, gym.spaces.Dict):  # dm_control: dict of arrays
-            env = gym.wrappers.FlattenObservation(env)
-        env = gym.wrappers.RescaleAction(env, -1.0, 1.0)  # the policy always acts in [-1, 1]
-        if action_repeat > 1:
-            env = ActionRepeat(env, action_repeat)
-        env = gym.wrappers.TransformObservation(
-            env, lambda obs: obs.astype(np.float32),
-            gym.spaces.Box(-np.inf, np.inf, env.observation_space.shape, np.float32))
-        env = gym.wrappers.RecordEpisodeStatistics(env)
-        env.action_space.seed(seed)
-        return env
-
-    return thunk
+def make_env(args, action_repeat, video_dir=None):
+    env = gym.make(args.env_id, render_mode="rgb_array" if video_dir else None)
+    if isinstance(env.observation_space, gym.spaces.Dict):  # dm_control: a dict of arrays
+        env = gym.wrappers.FlattenObservation(env)
+    env = gym.wrappers.RescaleAction(env, np.float32(-1), np.float32(1))  # the policy always acts in [-1, 1]
+    if video_dir:
+        env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda i: i == 0)  # the first episode
+    terminate = args.humanoidbench_termination or not args.env_id.startswith(HUMANOIDBENCH)
+    return gym.wrappers.RecordEpisodeStatistics(ActionRepeat(env, action_repeat, terminate))
 
 
-def mujoco_handles(env):
-    """(MjModel, MjData) of a gymnasium MuJoCo / HumanoidBench env or a shimmy dm_control env, else None."""
-    base = env.unwrapped
-    if isinstance(getattr(base, "data", None), mujoco.MjData):
-        return base.model, base.data
-    physics = getattr(getattr(base, "_env", None), "physics", None)
-    return (physics.model.ptr, physics.data.ptr) if physics is not None else None
+# ALGO LOGIC: initialize agent here:
+class EnsembleLinear(nn.Module):
+    """`n` independent Linear layers as one batched matmul, [n, batch, in] -> [n, batch, out]; orthogonal init."""
+
+    def __init__(self, n, n_in, n_out, gain=math.sqrt(2)):
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([nn.init.orthogonal_(torch.empty(n_out, n_in), gain).T for _ in range(n)]))
+        self.bias = nn.Parameter(torch.zeros(n, 1, n_out))
+
+    def forward(self, x):
+        return torch.baddbmm(self.bias, x, self.weight)
 
 
-MJ_STATE = mujoco.mjtState.mjSTATE_INTEGRATION | mujoco.mjtState.mjSTATE_WARMSTART
+class EnsembleLayerNorm(nn.Module):
+    """`n` independent LayerNorms (each with its own scale and shift) over the last dim of [n, batch, dim]."""
+
+    def __init__(self, n, dim):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.ones(n, 1, dim)), nn.Parameter(torch.zeros(n, 1, dim))
+
+    def forward(self, x):
+        return torch.addcmul(self.bias, F.layer_norm(x, x.shape[-1:]), self.weight)
 
 
-def env_snapshot(envs):
-    """Everything needed to continue `envs` bit-exactly: the pickled vector env plus, per sub-env, the MuJoCo
-    state and RNG that pickling loses (gymnasium MuJoCo envs unpickle as fresh envs)."""
-    states = []
-    for env in envs.envs:
-        handles, rng = mujoco_handles(env), env.unwrapped.np_random
-        physics = None
-        if handles is not None:
-            physics = np.empty(mujoco.mj_stateSize(handles[0], MJ_STATE))
-            mujoco.mj_getState(*handles, physics, MJ_STATE)
-        states.append((physics, rng.bit_generator.state if isinstance(rng, np.random.Generator) else None))
-    return {"pickle": cloudpickle.dumps(envs), "states": states}
+class SoftQNetwork(nn.Module):
+    """Q1 and Q2 as one ensemble: each is the official critic (Linear -> LayerNorm -> ELU, twice, then Linear), their
+    weights stacked so that each layer of both is one batched matmul (as TD-MPC2 and FastTD3 do). Returns [2, batch]."""
+
+    def __init__(self, obs_dim, act_dim, hidden, n=2):
+        super().__init__()
+        self.n = n
+        self.net = nn.Sequential(EnsembleLinear(n, obs_dim + act_dim, hidden), EnsembleLayerNorm(n, hidden), nn.ELU(),
+                                 EnsembleLinear(n, hidden, hidden), EnsembleLayerNorm(n, hidden), nn.ELU(),
+                                 EnsembleLinear(n, hidden, 1, gain=1.0))
+
+    def forward(self, x, a):
+        return self.net(torch.cat([x, a], -1).expand(self.n, -1, -1)).squeeze(-1)
 
 
-def env_restore(snapshot):
-    envs = cloudpickle.loads(snapshot["pickle"])
-    for env, (physics, rng_state) in zip(envs.envs, snapshot["states"]):
-        if physics is not None:
-            mujoco.mj_setState(*mujoco_handles(env), physics, MJ_STATE)  # no mj_forward: it breaks exactness
-        if rng_state is not None:
-            env.unwrapped.np_random.bit_generator.state = rng_state
-    return envs
-
-
-def layer_init(layer, gain=np.sqrt(2)):
+def layer_init(layer, gain=math.sqrt(2)):
     nn.init.orthogonal_(layer.weight, gain)
     nn.init.zeros_(layer.bias)
     return layer
 
 
-class SoftQNetwork(nn.Module):
-    """Q(s, a): two hidden layers Linear -> LayerNorm -> ELU, as the official critic."""
-
-    def __init__(self, obs_dim, act_dim, hidden):
-        super().__init__()
-        self.net = nn.Sequential(
-            layer_init(nn.Linear(obs_dim + act_dim, hidden)), nn.LayerNorm(hidden), nn.ELU(),
-            layer_init(nn.Linear(hidden, hidden)), nn.LayerNorm(hidden), nn.ELU(),
-            layer_init(nn.Linear(hidden, 1), gain=1.0),
-        )
-
-    def forward(self, obs, act):
-        return self.net(torch.cat([obs, act], -1)).squeeze(-1)
+LOG_STD_MAX = 2
+LOG_STD_MIN = -5
 
 
 class Actor(nn.Module):
-    def __init__(self, obs_dim, act_dim, hidden, args):
+    def __init__(self, obs_dim, act_dim, hidden):
         super().__init__()
-        self.trunk = nn.Sequential(layer_init(nn.Linear(obs_dim, hidden)), nn.ELU(),
-                                   layer_init(nn.Linear(hidden, hidden)), nn.ELU())
+        self.trunk = nn.Sequential(layer_init(nn.Linear(obs_dim, hidden)), nn.ELU(), layer_init(nn.Linear(hidden, hidden)), nn.ELU())
         self.fc_mean = layer_init(nn.Linear(hidden, act_dim), gain=1.0)
-        self.fc_std = layer_init(nn.Linear(hidden, act_dim), gain=1.0)
-        self.era = args.era
-        self.target_entropy = args.entropy_per_dim * act_dim  # ERA
-        self.log_std_min, self.log_std_max = args.log_std_min, args.log_std_max  # ERA
-        if not args.era:  # ERA off: CleanRL's tanh-mapped log-std range
-            self.log_std_min, self.log_std_max = -5.0, 2.0  # ERA off
+        self.fc_logstd = layer_init(nn.Linear(hidden, act_dim), gain=1.0)
 
-    def forward(self, obs, delta=0.0):
-        """Mean and log-std of the Gaussian before bounding."""
-        hidden = self.trunk(obs)
-        raw_std = self.fc_std(hidden)
-        if self.era:  # ERA: the activation pins the Gaussian entropy at target + delta
-            log_std = gaussian_entropy_floor(raw_std, self.target_entropy + delta,  # ERA
-                                             self.log_std_min, self.log_std_max)  # ERA
-        else:  # ERA off
-            log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(raw_std) + 1)  # ERA off
-        return self.fc_mean(hidden), log_std
+    def forward(self, x):
+        """The Gaussian's mean and the raw log-std head."""
+        h = self.trunk(x)
+        return self.fc_mean(h), self.fc_logstd(h)
 
-    def get_action(self, obs, delta=0.0):
-        """A reparameterised sample, its log-prob (None with ERA: no loss needs it), the deterministic action
-        and the log-std."""
-        mean, log_std = self(obs, delta)
+    def get_action(self, x):
+        """tanh(N(mean, std²)): a reparameterised action, its log-probability, the deterministic action, log std."""
+        mean, raw_std = self(x)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(raw_std) + 1)  # From SpinUp / Denis Yarats
         std = log_std.exp()
-        if self.era:  # ERA: truncated normal on [-1, 1] around tanh(mean)
-            loc = torch.tanh(mean).clamp(-TRUNC_BOUND, TRUNC_BOUND)  # ERA
-            return truncated_normal_rsample(loc, std.clamp(min=1e-6)), None, loc, log_std  # ERA
-        x = mean + std * torch.randn_like(mean)  # ERA off: tanh-squashed Gaussian
-        action = torch.tanh(x)  # ERA off
-        log_prob = torch.distributions.Normal(mean, std).log_prob(x) - torch.log(1 - action.pow(2) + 1e-6)  # ERA off
-        return action, log_prob.sum(-1), torch.tanh(mean), log_std  # ERA off
+        x_t = mean + std * torch.randn_like(mean)  # for reparameterization trick (mean + std * N(0,1))
+        action = torch.tanh(x_t)
+        log_prob = torch.distributions.Normal(mean, std).log_prob(x_t) - torch.log(1 - action.pow(2) + 1e-6)
+        return action, log_prob.sum(-1), torch.tanh(mean), log_std
 
 
-def normal_cdf(x):
-    return 0.5 * (1 + torch.erf(x / np.sqrt(2)))
+class EraActor(nn.Module):  # ERA: SAC's actor network with ERA's std activation and the bounded policy
+    def __init__(self, actor, target_entropy, delta, args):  # ERA
+        super().__init__()  # ERA
+        self.actor, self.target_entropy, self.log_std_bounds = actor, target_entropy, (args.log_std_min, args.log_std_max)  # ERA
+        self.register_buffer("delta", delta)  # ERA: the paper's compensation delta >= 0 (learned in main)
+
+    def forward(self, x):  # ERA
+        return self.actor(x)  # ERA
+
+    def get_action(self, x):  # ERA: N(tanh(mean), std²) truncated to [-1, 1]; the Gaussian's entropy is pinned at H0 + delta
+        mean, raw_std = self(x)  # ERA
+        log_std = gaussian_entropy_floor(raw_std, self.target_entropy + self.delta.detach(), *self.log_std_bounds)  # ERA
+        loc, scale = torch.tanh(mean).clamp(-TRUNCATION_BOUND, TRUNCATION_BOUND), log_std.exp().clamp(min=1e-6)  # ERA
+        action = truncated_normal_rsample(loc, scale)  # ERA
+        return action, truncated_normal_log_prob(action, loc, scale), loc, log_std  # ERA
 
 
-def truncated_normal_rsample(loc, scale, bound=TRUNC_BOUND):
-    """Reparameterised sample of N(loc, scale²) truncated to [-bound, bound], by the inverse CDF."""
-    cdf_low, cdf_high = normal_cdf((-bound - loc) / scale), normal_cdf((bound - loc) / scale)
-    u = torch.rand_like(loc).clamp(1e-6, 1 - 1e-6)
-    p = cdf_low + u * (cdf_high - cdf_low)
-    return (loc + scale * np.sqrt(2) * torch.erfinv(2 * p - 1)).clamp(-bound, bound)
-
-
-def truncated_normal_entropy(loc, scale, bound=TRUNC_BOUND):
-    """Exact entropy (nats, summed over the last dim) of N(loc, scale²) truncated to [-bound, bound]."""
-    alpha, beta = (-bound - loc) / scale, (bound - loc) / scale
-    mass = (normal_cdf(beta) - normal_cdf(alpha)).clamp(min=1e-6)
-    pdf = lambda x: torch.exp(-0.5 * x * x) / np.sqrt(2 * np.pi)  # noqa: E731
-    per_dim = HALF_LOG_2PI_E + torch.log(scale * mass) + (alpha * pdf(alpha) - beta * pdf(beta)) / (2 * mass)
-    return per_dim.sum(-1)
-
-
-class ReplayBuffer:
-    """Transitions in preallocated tensors on the training device; sampling uses torch's RNG."""
-
-    def __init__(self, size, obs_dim, act_dim, device):
-        self.size, self.pos, self.full = size, 0, False
-        shapes = {"obs": obs_dim, "next_obs": obs_dim, "actions": act_dim, "rewards": None, "terminations": None}
-        self.data = {k: torch.zeros((size,) if d is None else (size, d), device=device) for k, d in shapes.items()}
-
-    def __len__(self):
-        return self.size if self.full else self.pos
-
-    def add(self, **batch):
-        n = len(batch["obs"])
-        idx = (self.pos + np.arange(n)) % self.size
-        for k, v in batch.items():
-            self.data[k][idx] = torch.as_tensor(v, dtype=torch.float32, device=self.data[k].device)
-        self.full = self.full or self.pos + n >= self.size
-        self.pos = (self.pos + n) % self.size
-
-    def sample(self, batch_size):
-        idx = torch.randint(len(self), (batch_size,), device=self.data["obs"].device)
-        return {k: v[idx] for k, v in self.data.items()}
-
-    def state_dict(self):
-        return {"pos": self.pos, "full": self.full, "data": {k: v[: len(self)].cpu() for k, v in self.data.items()}}
-
-    def load_state_dict(self, state):
-        self.pos, self.full = state["pos"], state["full"]
-        for k, v in state["data"].items():
-            self.data[k][: len(v)] = v.to(self.data[k].device)
-
-
-def evaluate(actor, env_id, seed, episodes, action_repeat, humanoidbench_termination, device):
-    """Mean undiscounted return of the deterministic policy (tanh(mean) in both variants)."""
-    env = make_env(env_id, seed, action_repeat, humanoidbench_termination)()
-    returns = []
-    obs, _ = env.reset(seed=seed)
-    for _ in range(episodes):
+def evaluate(actor, args, action_repeat, device, video_dir=None):
+    """Mean return of the deterministic policy tanh(mean) (both variants) from fixed reset seeds; no torch RNG."""
+    env, returns = make_env(args, action_repeat, video_dir), []
+    for i in range(args.eval_episodes):
+        obs, _ = env.reset(seed=episode_seed(args.seed, 10**9 + i))
         done, total = False, 0.0
         while not done:
             with torch.no_grad():
-                action = torch.tanh(actor(torch.as_tensor(obs, device=device)[None])[0])
-            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
-            total += float(reward)
-            done = terminated or truncated
+                mean, _ = actor(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])
+            obs, reward, terminated, truncated, _ = env.step(torch.tanh(mean[0]).cpu().numpy())
+            total, done = total + float(reward), terminated or truncated
         returns.append(total)
-        obs, _ = env.reset()
     env.close()
     return float(np.mean(returns))
 
 
-def validate(args):
-    """One clear message per mistake, before anything expensive starts."""
-    if args.total_timesteps <= 0:
-        raise ValueError(f"--total-timesteps must be > 0, got {args.total_timesteps}")
-    if not 0 <= args.learning_starts < args.total_timesteps:
-        raise ValueError(f"--learning-starts ({args.learning_starts}) must be in [0, --total-timesteps "
-                         f"({args.total_timesteps})): otherwise no update would run")
-    if args.batch_size <= 0 or args.buffer_size < args.batch_size:
-        raise ValueError(f"--batch-size ({args.batch_size}) must be in [1, --buffer-size ({args.buffer_size})]")
-    for name in ("num_envs", "utd_ratio", "eval_episodes", "log_every", "hidden_dim"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("eval_every", "save_every", "action_repeat"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if not 0 < args.tau <= 1 or not 0 <= args.gamma <= 1:
-        raise ValueError(f"--tau must be in (0, 1] and --gamma in [0, 1], got {args.tau}, {args.gamma}")
-    if args.era and args.log_std_min >= args.log_std_max:  # ERA
-        raise ValueError(f"--log-std-min ({args.log_std_min}) must be < --log-std-max ({args.log_std_max})")  # ERA
-    max_per_dim = HALF_LOG_2PI_E + args.log_std_max
-    if args.era and args.entropy_per_dim > max_per_dim:  # ERA
-        raise ValueError(f"--entropy-per-dim {args.entropy_per_dim} is impossible with --log-std-max "  # ERA
-                         f"{args.log_std_max}: the Gaussian entropy per dimension is at most {max_per_dim:.4f}")  # ERA
-
-
 def main(args):
-    """Train; returns a few final figures (used by the tests and the benchmark)."""
     checkpoint = None
-    if args.resume:
-        if not os.path.isfile(args.resume):
-            raise ValueError(f"--resume {args.resume!r}: no such checkpoint file")
-        checkpoint = torch.load(args.resume, map_location="cpu", weights_only=False)
-        saved = Args(**checkpoint["args"])
-        saved.total_timesteps, saved.cuda, saved.resume = args.total_timesteps, args.cuda, args.resume
-        args = saved
-    validate(args)
-    check_env_id(args.env_id)
-    action_repeat = args.action_repeat or (2 if HUMANOIDBENCH_ID.match(args.env_id) else 1)
-
-    exp_name = args.exp_name if args.era else args.exp_name + "_noera"  # ERA
-    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id.replace('/', '_')}__{exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.dirname(os.path.abspath(args.resume)) if checkpoint else os.path.join(args.runs_dir, run_name)
-    writer = SummaryWriter(run_dir)
-    if not checkpoint:
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+    try:
+        if args.resume:
+            args, checkpoint = load_checkpoint(args)
+        check_args(args)
+    except ValueError as e:
+        fail(e)
+    if checkpoint is None:
+        args.exp_name += "" if args.era else "_noera"  # ERA
+        run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        run_dir = os.path.join(args.runs_dir, run_name)
+    else:
+        run_dir = os.path.dirname(os.path.abspath(args.resume))
+        run_name = os.path.basename(run_dir)
+    if args.track:
+        import wandb
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
+                   name=run_name, id=run_name, resume="allow", monitor_gym=True, save_code=True)
+    writer = SummaryWriter(run_dir, purge_step=checkpoint["global_step"] + 1 if checkpoint else None)
+    if checkpoint is None:
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -398,216 +376,172 @@ def main(args):
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    envs = gym.vector.SyncVectorEnv([make_env(args.env_id, args.seed + i, action_repeat, args.humanoidbench_termination)
-                                     for i in range(args.num_envs)])
-    obs_dim = int(np.prod(envs.single_observation_space.shape))
-    act_dim = int(np.prod(envs.single_action_space.shape))
+    # env setup: one env; episode k starts from reset(seed=episode_seed(seed, k)), so a checkpoint needs no env state
+    action_repeat = args.action_repeat or (2 if args.env_id.startswith(HUMANOIDBENCH) else 1)
+    env = make_env(args, action_repeat)
+    obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
 
-    actor = Actor(obs_dim, act_dim, args.hidden_dim, args).to(device)
-    qf1, qf2 = SoftQNetwork(obs_dim, act_dim, args.hidden_dim).to(device), SoftQNetwork(obs_dim, act_dim, args.hidden_dim).to(device)
-    qf1_target, qf2_target = SoftQNetwork(obs_dim, act_dim, args.hidden_dim).to(device), SoftQNetwork(obs_dim, act_dim, args.hidden_dim).to(device)
-    qf1_target.load_state_dict(qf1.state_dict())
-    qf2_target.load_state_dict(qf2.state_dict())
-    q_optimizer = torch.optim.AdamW(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr,
-                                    weight_decay=args.critic_weight_decay)
+    actor = Actor(obs_dim, act_dim, args.hidden_dim).to(device)
+    qf = SoftQNetwork(obs_dim, act_dim, args.hidden_dim).to(device)
+    qf_target = SoftQNetwork(obs_dim, act_dim, args.hidden_dim).to(device)
+    qf_target.load_state_dict(qf.state_dict())
+    q_optimizer = torch.optim.AdamW(qf.parameters(), lr=args.q_lr, weight_decay=args.critic_weight_decay)
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
-    if args.era:  # ERA: no temperature; optionally the compensation delta of the paper (projected to stay admissible)
-        target_entropy = actor.target_entropy  # ERA
-        delta = torch.zeros((), device=device, requires_grad=True)  # ERA: stays 0 unless --learn-delta
-        delta_max = act_dim * (HALF_LOG_2PI_E + args.log_std_max) - target_entropy  # ERA
-        temp_param, temp_optimizer = delta, torch.optim.Adam([delta], lr=args.delta_lr)  # ERA
-    else:  # ERA off: SAC's automatic temperature, target entropy -D
-        target_entropy = -float(act_dim)  # ERA off
-        log_alpha = torch.zeros((), device=device, requires_grad=True)  # ERA off
-        temp_param, temp_optimizer = log_alpha, torch.optim.Adam([log_alpha], lr=args.q_lr)  # ERA off
-    rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim, device)
-    online_params = list(qf1.parameters()) + list(qf2.parameters())
-    target_params = list(qf1_target.parameters()) + list(qf2_target.parameters())
+
+    # Automatic entropy tuning
+    autotune = True
+    target_entropy = -float(act_dim)
+    log_alpha = torch.zeros((), device=device, requires_grad=True)
+    alpha = log_alpha.detach().exp()
+    a_optimizer = torch.optim.Adam([log_alpha], lr=args.q_lr)
+    if args.era:  # ERA: SAC-ERA is SAC with alpha == 0: the activation, not an entropy bonus, keeps the entropy
+        autotune, alpha = False, torch.zeros((), device=device)  # ERA
+        era_target = args.entropy_per_dim * act_dim  # ERA: H0
+        delta_max = act_dim * (HALF_LOG_2PI_E + args.log_std_max) - era_target  # ERA: keeps H0 + delta admissible
+        actor = EraActor(actor, era_target, torch.zeros((), device=device, requires_grad=True), args)  # ERA
+        delta_optimizer = torch.optim.Adam([actor.delta], lr=args.delta_lr)  # ERA
     if args.compile:
-        for net in (actor, qf1, qf2, qf1_target, qf2_target):
+        for net in (actor, qf, qf_target):
             net.compile()
 
-    global_step, next_eval, next_save = 0, args.eval_every, args.save_every
-    obs, _ = envs.reset(seed=args.seed)
-    resetting = np.zeros(args.num_envs, dtype=bool)  # sub-envs whose next step() is an autoreset
-    stateful = {"actor": actor, "qf1": qf1, "qf2": qf2, "qf1_target": qf1_target, "qf2_target": qf2_target,
-                "actor_optimizer": actor_optimizer, "q_optimizer": q_optimizer, "temp_optimizer": temp_optimizer,
-                "rb": rb}  # what a checkpoint holds besides counters, RNGs and envs
+    # replay buffer: preallocated on the device; transition t sits in row t % buffer_size (one per agent step)
+    rb = {k: torch.zeros(args.buffer_size, *d, device=device) for k, d in
+          [("obs", [obs_dim]), ("next_obs", [obs_dim]), ("actions", [act_dim]), ("rewards", []), ("terminations", [])]}
+    checkpointed = {"actor": actor, "qf": qf, "qf_target": qf_target, "actor_optimizer": actor_optimizer, "q_optimizer": q_optimizer,
+             "a_optimizer": a_optimizer}  # + log_alpha, alpha, counters, RNGs and the filled rows of rb
+    if args.era:  # ERA
+        checkpointed["delta_optimizer"] = delta_optimizer  # ERA
+    global_step, episode, episode_actions = 0, 0, []
     if checkpoint:
-        for name, obj in stateful.items():
+        for name, obj in checkpointed.items():
             obj.load_state_dict(checkpoint[name])
+        for k, v in checkpoint["rb"].items():
+            rb[k][: len(v)] = v
         with torch.no_grad():
-            temp_param.copy_(checkpoint["temp_param"])
-        envs.close()
-        envs = env_restore(checkpoint["envs"])
-        obs, resetting = checkpoint["obs"], checkpoint["resetting"]
-        global_step, next_eval, next_save = checkpoint["global_step"], checkpoint["next_eval"], checkpoint["next_save"]
-        random.setstate(checkpoint["rng"]["python"])
-        np.random.set_state(checkpoint["rng"]["numpy"])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if device.type == "cuda" and checkpoint["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
+            log_alpha.copy_(checkpoint["log_alpha"])
+        alpha, global_step, episode, episode_actions = checkpoint["alpha"].to(device), checkpoint["global_step"], checkpoint["episode"], checkpoint["episode_actions"]
+        set_rng_state(checkpoint["rng"])
 
-    def save_checkpoint(path):
-        state = {name: obj.state_dict() for name, obj in stateful.items()}
-        state.update(args=asdict(args), run_name=run_name, global_step=global_step, next_eval=next_eval,
-                     next_save=next_save, temp_param=temp_param.detach().cpu(), envs=env_snapshot(envs), obs=obs,
-                     resetting=resetting,
-                     rng={"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                          "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
-        torch.save(state, path + ".tmp")
-        os.replace(path + ".tmp", path)  # atomic: a crash while saving never leaves a broken checkpoint
-
-    def update(data, with_stats):
-        """One gradient step of the critics, the actor and the temperature (or delta); with `with_stats`, returns
-        the losses and entropies to log (computing them costs time, so only on logging steps)."""
-        delta_now = temp_param.detach() if args.era else 0.0  # ERA
-        with torch.no_grad():
-            next_actions, next_log_pi, _, _ = actor.get_action(data["next_obs"], delta_now)
-            min_qf_next = torch.min(qf1_target(data["next_obs"], next_actions), qf2_target(data["next_obs"], next_actions))
-            if not args.era:  # ERA off: soft value; with ERA the target has no entropy term
-                min_qf_next = min_qf_next - log_alpha.exp() * next_log_pi  # ERA off
-            next_q_value = data["rewards"] + (1 - data["terminations"]) * args.gamma * min_qf_next
-        qf1_a_values, qf2_a_values = qf1(data["obs"], data["actions"]), qf2(data["obs"], data["actions"])
-        qf1_loss, qf2_loss = F.mse_loss(qf1_a_values, next_q_value), F.mse_loss(qf2_a_values, next_q_value)
-        q_optimizer.zero_grad()
-        (qf1_loss + qf2_loss).backward()
-        q_optimizer.step()
-
-        actions, log_pi, loc, log_std = actor.get_action(data["obs"], delta_now)
-        min_qf_pi = torch.min(qf1(data["obs"], actions), qf2(data["obs"], actions))
-        if args.era:  # ERA: no entropy term, the activation keeps the entropy
-            actor_loss = -min_qf_pi.mean()  # ERA
-        else:  # ERA off
-            actor_loss = (log_alpha.exp().detach() * log_pi - min_qf_pi).mean()  # ERA off
-        actor_optimizer.zero_grad()
-        actor_loss.backward()
-        actor_optimizer.step()
-
-        need_entropy = with_stats or args.era and args.learn_delta  # ERA: delta's loss needs the bounded entropy
-        if need_entropy:
-            with torch.no_grad():
-                gaussian_entropy = (HALF_LOG_2PI_E + log_std).sum(-1).mean()
-                if args.era:  # ERA: exact entropy of the truncated normal
-                    policy_entropy = truncated_normal_entropy(loc, log_std.exp().clamp(min=1e-6)).mean()  # ERA
-                else:  # ERA off: Monte-Carlo estimate -E[log pi]
-                    policy_entropy = -log_pi.mean()  # ERA off
-        if args.era and need_entropy:  # ERA: delta rises while the bounded policy's entropy is below the target
-            temp_loss = temp_param * (policy_entropy - target_entropy)  # ERA
-        elif not args.era:  # ERA off: SAC's temperature loss
-            temp_loss = -log_alpha.exp() * (log_pi.detach() + target_entropy).mean()  # ERA off
-        if not args.era or args.learn_delta:  # ERA
-            temp_optimizer.zero_grad()
-            temp_loss.backward()
-            temp_optimizer.step()
-            if args.era:  # ERA: keep H0 + delta admissible
-                with torch.no_grad():  # ERA
-                    temp_param.clamp_(0.0, delta_max)  # ERA
-
-        with torch.no_grad():
-            torch._foreach_lerp_(target_params, online_params, args.tau)
-        if not with_stats:
-            return None
-        losses = {"qf1_loss": qf1_loss, "qf2_loss": qf2_loss, "qf_loss": (qf1_loss + qf2_loss) / 2,
-                  "actor_loss": actor_loss, "qf1_values": qf1_a_values.detach().mean(),
-                  "qf2_values": qf2_a_values.detach().mean()}
-        losses["delta_loss" if args.era else "alpha_loss"] = temp_loss.detach()  # ERA
-        return losses, gaussian_entropy, policy_entropy
-
-    # Ctrl-C / SIGTERM: finish the current step, write a checkpoint, exit; a second Ctrl-C stops at once
-    stop_requested = []
+    stop = []  # the first SIGINT/SIGTERM: finish this episode, save, exit 128 + signal; a second one stops at once
 
     def request_stop(signum, frame):
-        stop_requested.append(signum)
+        stop.append(signum)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
-    previous_handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-    start_time, start_step = time.time(), global_step
-    update_seconds, num_updates, last_eval, losses = 0.0, 0, float("nan"), None
-    progress = tqdm(total=args.total_timesteps, initial=global_step, desc=run_name, unit="step", dynamic_ncols=True)
-    try:
-        while global_step < args.total_timesteps and not stop_requested:
-            # ALGO LOGIC: put action logic here
-            if global_step < args.learning_starts:
-                actions = envs.action_space.sample()
-            else:
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    ckpt_path, saved_step, start_time, start_step = os.path.join(run_dir, "checkpoint.pt"), global_step, time.time(), global_step
+
+    # TRY NOT TO MODIFY: start the game
+    obs, _ = env.reset(seed=episode_seed(args.seed, episode))
+    for action in episode_actions:  # a run saved at its end, mid-episode: replay that episode from the same reset
+        obs, *_ = env.step(action)
+    while global_step < args.total_timesteps:
+        # ALGO LOGIC: put action logic here
+        if global_step < args.learning_starts:
+            action = np.random.uniform(-1.0, 1.0, act_dim).astype(np.float32)
+        else:
+            with torch.no_grad():
+                action, _, _, _ = actor.get_action(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])
+            action = action[0].cpu().numpy()
+
+        # TRY NOT TO MODIFY: execute the game and log data.
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        for k, v in zip(rb, (obs, next_obs, action, reward, terminated)):  # a time-out is not a termination: it bootstraps
+            rb[k][global_step % args.buffer_size] = torch.as_tensor(v, dtype=torch.float32)
+        obs = next_obs
+        episode_actions.append(action)
+        global_step += 1
+
+        # ALGO LOGIC: training.
+        if global_step > args.learning_starts:
+            for _ in range(args.utd_ratio):
+                idx = torch.randint(min(global_step, args.buffer_size), (args.batch_size,), device=device)
+                data = {k: v[idx] for k, v in rb.items()}
                 with torch.no_grad():
-                    actions, _, _, _ = actor.get_action(torch.as_tensor(obs, device=device),
-                                                        temp_param.detach() if args.era else 0.0)  # ERA
-                actions = actions.cpu().numpy()
-            next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+                    next_state_actions, next_state_log_pi, _, _ = actor.get_action(data["next_obs"])
+                    min_qf_next_target = qf_target(data["next_obs"], next_state_actions).min(0).values - alpha * next_state_log_pi
+                    next_q_value = data["rewards"] + (1 - data["terminations"]) * args.gamma * min_qf_next_target
 
-            # gymnasium 1.x autoreset (next-step mode): a sub-env that ended last step was reset by this step, whose
-            # action was ignored; that is no transition. On the step an episode ends, next_obs is its true final
-            # observation, and only termination (not time-limit truncation) stops bootstrapping.
-            real = ~resetting
-            rb.add(obs=obs[real], next_obs=next_obs[real], actions=actions[real], rewards=rewards[real],
-                   terminations=terminations[real].astype(np.float32))
-            new_steps = int(real.sum())
-            global_step += new_steps
-            progress.update(new_steps)
-            resetting = terminations | truncations
-            obs = next_obs
-            if "episode" in infos:
-                for i in np.flatnonzero(infos["_episode"]):
-                    writer.add_scalar("charts/episodic_return", infos["episode"]["r"][i], global_step)
-                    writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)
+                qf_a_values = qf(data["obs"], data["actions"])
+                qf_losses = (qf_a_values - next_q_value).pow(2).mean(1)  # the MSE of Q1 and of Q2
+                q_optimizer.zero_grad()
+                qf_losses.sum().backward()
+                q_optimizer.step()
 
-            # ALGO LOGIC: training
-            if global_step > args.learning_starts and new_steps:
-                tick = time.perf_counter()
-                log_now = global_step % args.log_every < new_steps
-                num_new = new_steps * args.utd_ratio
-                for i in range(num_new):
-                    stats = update(rb.sample(args.batch_size), with_stats=log_now and i == num_new - 1)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                update_seconds += time.perf_counter() - tick
-                num_updates += num_new
-                if log_now:  # the only host syncs: every log_every steps
-                    losses, gaussian_entropy, policy_entropy = stats
-                    for name, value in losses.items():
-                        writer.add_scalar(f"losses/{name}", value.item(), global_step)
-                    writer.add_scalar("charts/entropy", gaussian_entropy.item(), global_step)  # of the Gaussian
-                    writer.add_scalar("charts/policy_entropy", policy_entropy.item(), global_step)  # after bounding
-                    if args.era:  # ERA
-                        writer.add_scalar("charts/era_target_entropy", target_entropy, global_step)  # ERA
-                        writer.add_scalar("charts/delta", temp_param.item(), global_step)  # ERA
-                    else:  # ERA off
-                        writer.add_scalar("losses/alpha", log_alpha.exp().item(), global_step)  # ERA off
-                    sps = int((global_step - start_step) / (time.time() - start_time))
-                    writer.add_scalar("charts/SPS", sps, global_step)
-                    writer.add_scalar("charts/env_steps", global_step * action_repeat, global_step)
-                    writer.add_scalar("perf/update_ms", 1000 * update_seconds / num_updates, global_step)
-                    progress.set_postfix(SPS=sps, eval=f"{last_eval:.1f}", refresh=False)
+                pi, log_pi, det_action, log_std = actor.get_action(data["obs"])
+                min_qf_pi = qf(data["obs"], pi).min(0).values
+                actor_loss = ((alpha * log_pi) - min_qf_pi).mean()
+                actor_optimizer.zero_grad()
+                actor_loss.backward()
+                actor_optimizer.step()
 
-            if args.eval_every and global_step >= next_eval:
-                last_eval = evaluate(actor, args.env_id, args.seed + 100_000 + global_step, args.eval_episodes,
-                                     action_repeat, args.humanoidbench_termination, device)
-                writer.add_scalar("eval/episodic_return", last_eval, global_step)
-                next_eval += args.eval_every
-            if args.save_every and global_step >= next_save:
-                save_checkpoint(checkpoint_path)
-                next_save += args.save_every
-        save_checkpoint(checkpoint_path)
-        if stop_requested:
-            progress.write(f"stopped at step {global_step}; resume with --resume {checkpoint_path}")
-    except Exception:
-        save_checkpoint(os.path.join(run_dir, "checkpoint_crash.pt"))  # the periodic checkpoint stays intact
-        raise
-    finally:
-        for sig, handler in previous_handlers.items():
-            signal.signal(sig, handler)
-        progress.close()
-        envs.close()
-        writer.close()
-    return {"run_dir": run_dir, "global_step": global_step, "num_updates": num_updates,
-            "update_ms": 1000 * update_seconds / max(num_updates, 1),
-            "sps": (global_step - start_step) / (time.time() - start_time), "eval_return": last_eval}
+                policy_entropy = -log_pi.detach().mean()  # -E[log pi]: a Monte-Carlo estimate
+                if args.era:  # ERA: the exact entropy of the truncated normal
+                    policy_entropy = truncated_normal_entropy(det_action.detach(), log_std.detach().exp().clamp(min=1e-6)).mean()  # ERA
+                if autotune:
+                    alpha_loss = (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
+                    a_optimizer.zero_grad()
+                    alpha_loss.backward()
+                    a_optimizer.step()
+                    alpha = log_alpha.detach().exp()
+                if args.era:  # ERA: the paper's loss for delta: it rises while the bounded policy's entropy is below H0
+                    delta_loss = actor.delta * (policy_entropy - era_target)  # ERA
+                if args.era and args.learn_delta:  # ERA
+                    delta_optimizer.zero_grad()  # ERA
+                    delta_loss.backward()  # ERA
+                    delta_optimizer.step()  # ERA
+                    actor.delta.data.clamp_(0.0, delta_max)  # ERA
+
+                # update the target networks
+                with torch.no_grad():
+                    torch._foreach_lerp_(list(qf_target.parameters()), list(qf.parameters()), args.tau)
+
+            if global_step % args.log_every == 0:  # the only host syncs of the update loop
+                logged = {"losses/qf1_values": qf_a_values[0].mean(), "losses/qf2_values": qf_a_values[1].mean(),
+                          "losses/qf1_loss": qf_losses[0], "losses/qf2_loss": qf_losses[1], "losses/qf_loss": qf_losses.mean(),
+                          "losses/actor_loss": actor_loss, "charts/policy_entropy": policy_entropy,
+                          "charts/entropy": (0.5 * math.log(2 * math.pi * math.e) + log_std).sum(-1).mean()}
+                if autotune:
+                    logged.update({"losses/alpha": alpha, "losses/alpha_loss": alpha_loss})
+                if args.era:  # ERA
+                    logged.update({"charts/delta": actor.delta, "losses/delta_loss": delta_loss})  # ERA
+                    writer.add_scalar("charts/era_target_entropy", era_target, global_step)  # ERA
+                for tag, value in logged.items():
+                    writer.add_scalar(tag, value.detach().item(), global_step)
+                writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
+                writer.add_scalar("charts/env_steps", global_step * action_repeat, global_step)
+
+        if (args.eval_every and global_step % args.eval_every == 0) or global_step == args.total_timesteps:
+            eval_return = evaluate(actor, args, action_repeat, device, args.capture_video and os.path.join(run_dir, "videos", f"step{global_step}"))
+            print(f"global_step={global_step}, eval_return={eval_return:.1f}")
+            writer.add_scalar("eval/episodic_return", eval_return, global_step)
+
+        boundary = terminated or truncated  # the unit: a checkpoint at an episode's end needs no simulator state
+        if boundary:
+            print(f"global_step={global_step}, episodic_return={info['episode']['r']:.1f}")
+            writer.add_scalar("charts/episodic_return", info["episode"]["r"], global_step)
+            writer.add_scalar("charts/episodic_length", info["episode"]["l"], global_step)
+            episode, episode_actions = episode + 1, []
+            obs, _ = env.reset(seed=episode_seed(args.seed, episode))
+        save_due = args.save_every and global_step // args.save_every > saved_step // args.save_every
+        if (boundary and (stop or save_due)) or global_step == args.total_timesteps:
+            save_checkpoint(ckpt_path, **{name: obj.state_dict() for name, obj in checkpointed.items()}, args=asdict(args),
+                            rb={k: v[: min(global_step, args.buffer_size)].clone().cpu() for k, v in rb.items()},
+                            log_alpha=log_alpha.detach(), alpha=alpha, global_step=global_step, episode=episode,
+                            episode_actions=episode_actions, rng=rng_state())
+            saved_step = global_step
+        if boundary and stop:
+            break
+
+    env.close()
+    writer.close()
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+    if stop:
+        print(f"stopped by signal {stop[0]}: continue with python {SCRIPT} --resume {ckpt_path}", file=sys.stderr)
+        sys.exit(128 + stop[0])
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(parse_args())

@@ -1,61 +1,98 @@
-"""Cost of ERA in sac_era.py: SPS and milliseconds per gradient update, ERA vs --no-era, in one process.
+"""Cost of sac_era.py, through its command line only: CPU seconds of whole runs, ERA vs --no-era (and --compile).
 
-    python benchmarks/bench_sac_era.py --env-id dm_control/cheetah-run-v0 --steps 1500 --repeats 3
+    OMP_NUM_THREADS=1 python benchmarks/bench_sac_era.py                       # the defaults: 512 wide, 2 updates/step
+    OMP_NUM_THREADS=1 python benchmarks/bench_sac_era.py --env-id Hopper-v5 --steps 3000 --learning-starts 1000 \
+        --batch-size 256 --hidden-dim 256 --utd-ratio 1 --rounds 3              # issue 13's CleanRL-sized workload
 
-Each repeat runs both variants back to back (order alternating) on the same env, seed and sizes, with updates
-from step `learning_starts` on; the figures are medians over repeats. Prints a table and the ERA/baseline ratios.
+Each round runs every variant once, in an order that alternates between rounds (the machine may be shared). Per
+variant, the medians over rounds of:
+
+* `run CPU s`: user + system CPU seconds of the whole process (startup, random warm-up, training, final
+  evaluation), from the OS;
+* `ms/update`: CPU milliseconds per gradient update, i.e. (run CPU − CPU of the same run stopped right after its
+  random warm-up steps) / updates; it includes the env step and the action of each training step;
+* `SPS`: the `charts/SPS` the run logged at its last step (agent steps per wall second).
 """
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
-import torch
 import tyro
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import sac_era  # noqa: E402
+SCRIPT = Path(__file__).resolve().parent.parent / "sac_era.py"
 
 
 @dataclass
-class BenchArgs:
+class Args:
     env_id: str = "dm_control/cheetah-run-v0"
-    """environment both variants run on"""
+    """environment of every run"""
     steps: int = 1500
     """agent steps per run"""
     learning_starts: int = 500
-    """random steps before updates start (the timed updates are (steps - learning_starts) x utd_ratio)"""
-    repeats: int = 3
+    """random warm-up steps; the run makes (steps - learning_starts) x utd_ratio updates"""
+    batch_size: int = 256
+    """sac_era.py --batch-size"""
+    hidden_dim: int = 512
+    """sac_era.py --hidden-dim"""
+    utd_ratio: int = 2
+    """sac_era.py --utd-ratio"""
+    rounds: int = 3
     """runs per variant; medians are reported"""
-    threads: int = 1
-    """torch CPU threads"""
-    cuda: bool = True
-    """use CUDA when available"""
+    compile: bool = False
+    """also time the --compile runs of both variants"""
+    cuda: bool = False
+    """run on the GPU (CPU seconds then measure the host side only)"""
+
+
+def cpu_seconds_of(cmd):
+    """(user + system CPU seconds of the finished subprocess, its CompletedProcess)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode:
+        sys.exit(f"{' '.join(map(str, cmd))} failed:\n{proc.stderr[-3000:]}")
+    return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def last_sps(runs_dir):
+    acc = EventAccumulator(str(next(Path(runs_dir).rglob("events.out.tfevents.*")).parent))
+    acc.Reload()
+    return acc.Scalars("charts/SPS")[-1].value
 
 
 def main(bench):
-    torch.set_num_threads(bench.threads)
-    results = {True: [], False: []}
+    variants = [("ERA", ["--era"]), ("--no-era", ["--no-era"])]
+    variants += [(f"{name} --compile", flags + ["--compile"]) for name, flags in variants] if bench.compile else []
+    common = [sys.executable, SCRIPT, "--env-id", bench.env_id, "--learning-starts", bench.learning_starts,
+              "--batch-size", bench.batch_size, "--hidden-dim", bench.hidden_dim, "--utd-ratio", bench.utd_ratio,
+              "--eval-every", 0, "--eval-episodes", 1, "--save-every", 0, "--log-every", bench.steps,
+              "--cuda" if bench.cuda else "--no-cuda"]
+    updates = (bench.steps - bench.learning_starts - 1) * bench.utd_ratio
+    results = {name: [] for name, _ in variants}
     with tempfile.TemporaryDirectory() as tmp:
-        for repeat in range(bench.repeats):
-            for era in ((True, False) if repeat % 2 == 0 else (False, True)):
-                args = sac_era.Args(env_id=bench.env_id, total_timesteps=bench.steps, era=era,
-                                    learning_starts=bench.learning_starts, eval_every=0, save_every=0,
-                                    runs_dir=tmp, cuda=bench.cuda, log_every=10**9)
-                results[era].append(sac_era.main(args))
-    device = "cuda" if bench.cuda and torch.cuda.is_available() else "cpu"
-    print(f"\nsac_era.py on {bench.env_id}, {device}, {bench.steps} steps, {bench.repeats} repeats (medians)")
-    print(f"{'variant':<10}{'SPS':>10}{'ms/update':>12}{'updates':>10}")
-    rows = {}
-    for era, name in ((True, "ERA"), (False, "baseline")):
-        sps = statistics.median(r["sps"] for r in results[era])
-        ms = statistics.median(r["update_ms"] for r in results[era])
-        rows[era] = (sps, ms)
-        print(f"{name:<10}{sps:>10.1f}{ms:>12.3f}{results[era][0]['num_updates']:>10}")
-    print(f"ERA / baseline: time per update x{rows[True][1] / rows[False][1]:.3f}, "
-          f"SPS x{rows[True][0] / rows[False][0]:.3f}  (target: time per update <= x1.03)")
+        for r in range(bench.rounds):
+            for name, flags in variants if r % 2 == 0 else variants[::-1]:
+                runs = os.path.join(tmp, f"{r}{name}")
+                cmd = [str(c) for c in common + flags]
+                full = cpu_seconds_of(cmd + ["--total-timesteps", str(bench.steps), "--runs-dir", runs + "full"])
+                warmup = cpu_seconds_of(cmd + ["--total-timesteps", str(bench.learning_starts + 1), "--runs-dir", runs])
+                results[name].append((full, 1000 * (full - warmup) / updates, last_sps(runs + "full")))
+                print(f"round {r + 1}: {name}: {full:.1f} CPU s, {results[name][-1][1]:.1f} ms/update", flush=True)
+    print(f"\nsac_era.py on {bench.env_id}: {bench.steps} steps ({bench.learning_starts} random), batch {bench.batch_size}, "
+          f"{bench.hidden_dim} wide, {bench.utd_ratio} updates/step, {'cuda' if bench.cuda else 'cpu'}, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, medians of {bench.rounds} rounds\n")
+    print("| variant | run CPU s | ms/update | SPS |\n|---|---|---|---|")
+    medians = {name: [statistics.median(x) for x in zip(*rows)] for name, rows in results.items()}
+    for name, (cpu, ms, sps) in medians.items():
+        print(f"| {name} | {cpu:.1f} | {ms:.1f} | {sps:.0f} |")
+    print(f"\nERA / --no-era, CPU per update: {medians['ERA'][1] / medians['--no-era'][1]:.3f}")
 
 
 if __name__ == "__main__":
-    main(tyro.cli(BenchArgs))
+    main(tyro.cli(Args))

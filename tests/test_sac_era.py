@@ -1,170 +1,134 @@
-"""sac_era.py: smoke runs per env family with real updates, the ERA entropy, exact resume, Ctrl-C, errors."""
-import glob
-import os
-import re
+"""sac_era.py through its command line: ERA's entropy, time-outs vs terminations, delta, signals and exact resume,
+bad input, video under OSMesa, HumanoidBench."""
+import importlib.util
 import signal
-import subprocess
-import sys
-import threading
-import time
+from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import sac_era
+from conftest import (assert_bad_input, assert_same_scalars, only_run_dir, run_script, scalars, signal_when,
+                      start_script)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(hidden_dim=32, batch_size=16, learning_starts=100, utd_ratio=1, log_every=10, eval_episodes=1)
-
-
-def run(tmp_path, **overrides):
-    args = sac_era.Args(**{**TINY, "runs_dir": str(tmp_path), "cuda": False, **overrides})
-    return sac_era.main(args)
+SCRIPT = "sac_era.py"
+TINY = ["--learning-starts", "100", "--batch-size", "16", "--hidden-dim", "16", "--utd-ratio", "1", "--log-every", "10",
+        "--eval-episodes", "1"]
 
 
-def scalars(run_dir):
-    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+def run(tmp_path, *flags, **env):
+    proc = run_script(SCRIPT, *TINY, "--runs-dir", tmp_path, *flags, **env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr == "", "the start is not quiet"
+    run_dir = only_run_dir(tmp_path)
+    return run_dir, scalars(run_dir), torch.load(run_dir / "checkpoint.pt", weights_only=False)
 
 
-LOSS_TAGS = ["losses/qf1_loss", "losses/qf2_loss", "losses/qf_loss", "losses/actor_loss", "losses/qf1_values"]
-
-
-def test_dm_control_era_smoke_entropy_and_truncation(tmp_path):
-    # cartpole never terminates: its 1000-step episodes end by truncation, which must keep bootstrapping
-    out = run(tmp_path, env_id="dm_control/cartpole-swingup-v0", total_timesteps=1100, eval_every=1100)
-    assert out["global_step"] == 1100 and out["num_updates"] == 1000
-    logs = scalars(out["run_dir"])
-    for tag in LOSS_TAGS + ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/entropy",
-                            "charts/policy_entropy", "charts/era_target_entropy", "eval/episodic_return"]:
+def test_era_pins_the_entropy_and_time_outs_bootstrap(tmp_path):
+    # cartpole never terminates: its 1000-step episode ends by a time-out, which must keep bootstrapping
+    run_dir, logs, ckpt = run(tmp_path, "--env-id", "dm_control/cartpole-swingup-v0", "--total-timesteps", "1100",
+                              "--eval-every", "0")
+    for tag in ("losses/qf1_loss", "losses/qf2_loss", "losses/qf_loss", "losses/actor_loss", "losses/qf1_values",
+                "charts/delta", "losses/delta_loss", "charts/SPS", "charts/env_steps", "eval/episodic_return"):
         assert tag in logs, tag
-    assert all(np.isfinite(v) for tag in LOSS_TAGS for _, v in logs[tag])
-    assert logs["charts/episodic_length"][0][1] == 1000
-    # ERA pins the Gaussian entropy at 0.25 x D (D = 1) and the truncation only lowers the policy's entropy
+    assert "losses/alpha" not in logs  # SAC-ERA has no temperature
+    assert logs["charts/episodic_length"] == [(1000, 1000)] and logs["eval/episodic_return"][0][0] == 1100
+    # ERA pins the Gaussian's entropy at 0.25 x D (D = 1); the truncation to [-1, 1] only lowers it
     assert logs["charts/era_target_entropy"][0][1] == pytest.approx(0.25)
     assert all(v == pytest.approx(0.25, abs=1e-5) for _, v in logs["charts/entropy"])
     assert all(v <= 0.25 + 1e-5 for _, v in logs["charts/policy_entropy"])
-    assert logs["eval/episodic_return"][0][0] == 1100
-
-    rb = torch.load(os.path.join(out["run_dir"], "checkpoint.pt"), weights_only=False)["rb"]["data"]
-    assert len(rb["obs"]) == 1100  # the autoreset step after the truncation is not a transition
-    assert rb["terminations"].sum() == 0  # truncation is not termination: the target still bootstraps
+    rb = ckpt["rb"]
+    assert len(rb["obs"]) == 1100 and rb["terminations"].sum() == 0  # a time-out is not a termination
     breaks = torch.nonzero((rb["next_obs"][:-1] != rb["obs"][1:]).any(-1)).flatten().tolist()
     assert breaks == [999]  # consecutive transitions chain, except across the episode boundary
+    assert ckpt["episode"] == 1 and len(ckpt["episode_actions"]) == 100  # saved at the end, mid-episode
 
 
-def test_gym_mujoco_no_era_smoke_and_termination(tmp_path):
-    out = run(tmp_path, env_id="Hopper-v5", era=False, total_timesteps=400, eval_every=0)
-    logs = scalars(out["run_dir"])
-    for tag in LOSS_TAGS + ["losses/alpha", "losses/alpha_loss", "charts/episodic_return", "charts/entropy"]:
-        assert tag in logs, tag
-    assert "charts/era_target_entropy" not in logs and "losses/delta_loss" not in logs
-    assert all(np.isfinite(v) for tag in LOSS_TAGS for _, v in logs[tag])
-    assert os.path.basename(out["run_dir"]).startswith("Hopper-v5__sac_era_noera__")
-    rb = torch.load(os.path.join(out["run_dir"], "checkpoint.pt"), weights_only=False)["rb"]["data"]
+def test_no_era_is_sac_and_terminations_stop_bootstrapping(tmp_path):
+    run_dir, logs, ckpt = run(tmp_path, "--env-id", "Hopper-v5", "--total-timesteps", "400", "--no-era")
+    assert run_dir.name.startswith("Hopper-v5__sac_era_noera__")
+    assert "losses/alpha" in logs and "losses/alpha_loss" in logs
+    assert not any(tag in logs for tag in ("charts/era_target_entropy", "charts/delta", "losses/delta_loss"))
+    assert logs["losses/alpha"][-1][1] < 1  # the temperature moves from its start at 1
     # random Hopper episodes end by falling: every episode boundary is a termination and nothing else is
+    rb = ckpt["rb"]
     breaks = (rb["next_obs"][:-1] != rb["obs"][1:]).any(-1)
-    assert breaks.sum() == len(logs["charts/episodic_return"]) > 0
+    assert breaks.sum() == len(logs["charts/episodic_return"]) > 1
     assert torch.equal(breaks.float(), rb["terminations"][:-1])
 
 
-def test_learned_delta_and_action_repeat(tmp_path):
-    out = run(tmp_path, env_id="dm_control/cartpole-balance-v0", total_timesteps=300, eval_every=0,
-              learn_delta=True, action_repeat=2, entropy_per_dim=1.3)
-    logs = scalars(out["run_dir"])
-    # near the ceiling the truncation costs entropy, so delta must rise and raise the Gaussian entropy above 1.3
-    assert logs["charts/delta"][-1][1] > 0
-    assert logs["charts/entropy"][-1][1] == pytest.approx(1.3 + logs["charts/delta"][-1][1], abs=1e-3)
+def test_learned_delta_closes_the_bounding_gap_with_action_repeat(tmp_path):
+    run_dir, logs, ckpt = run(tmp_path, "--env-id", "dm_control/cartpole-balance-v0", "--total-timesteps", "300",
+                              "--learn-delta", "--action-repeat", "2", "--entropy-per-dim", "1.3", "--eval-every", "0")
+    # near the ceiling the truncation costs entropy, so delta rises and raises the Gaussian's entropy above 1.3
+    delta = logs["charts/delta"][-1][1]
+    assert delta > 0 and logs["charts/entropy"][-1][1] == pytest.approx(1.3 + delta, abs=1e-3)
     assert logs["charts/env_steps"][-1][1] == 2 * logs["charts/env_steps"][-1][0]
 
 
-def test_resume_reproduces_uninterrupted_run(tmp_path):
-    common = dict(env_id="Hopper-v5", learn_delta=True, eval_every=150, save_every=0)
-    full = run(tmp_path / "full", total_timesteps=300, **common)
-    first = run(tmp_path / "split", total_timesteps=200, **common)
-    checkpoint = os.path.join(first["run_dir"], "checkpoint.pt")
-    resumed = sac_era.main(sac_era.Args(total_timesteps=300, resume=checkpoint, cuda=False))
-    assert resumed["run_dir"] == os.path.abspath(first["run_dir"]) and resumed["global_step"] == 300
-    full_logs, split_logs = scalars(full["run_dir"]), scalars(resumed["run_dir"])
-    for tag in LOSS_TAGS + ["charts/delta", "charts/episodic_return"]:
-        after = [(s, v) for s, v in full_logs[tag] if s > 200]
-        assert after, tag
-        assert [(s, v) for s, v in split_logs[tag] if s > 200] == after, tag
+def test_signals_save_and_resume_exactly(tmp_path):
+    flags = [*TINY, "--env-id", "Hopper-v5", "--total-timesteps", "600", "--learn-delta", "--eval-every", "300",
+             "--save-every", "1"]
+    full = run_script(SCRIPT, *flags, "--runs-dir", tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-3000:]
+    expected = scalars(only_run_dir(tmp_path / "full"))
+    for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        runs = tmp_path / sig.name
+        proc = start_script(SCRIPT, *flags, "--runs-dir", runs)
+        rc, out, err = signal_when(proc, lambda: any(runs.rglob("checkpoint.pt")), sig)
+        checkpoint = only_run_dir(runs) / "checkpoint.pt"
+        assert rc == code and "--resume" in err, err[-3000:]
+        assert 0 < torch.load(checkpoint, weights_only=False)["global_step"] < 600
+        resumed = run_script(SCRIPT, "--resume", checkpoint)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert_same_scalars(scalars(only_run_dir(runs)), expected)
 
 
-def test_ctrl_c_writes_checkpoint_that_resumes(tmp_path):
-    cmd = [sys.executable, os.path.join(ROOT, "sac_era.py"), "--env-id", "Hopper-v5", "--total-timesteps", "100000",
-           "--learning-starts", "50", "--hidden-dim", "32", "--batch-size", "16", "--runs-dir", str(tmp_path),
-           "--no-cuda", "--eval-every", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    chunks = []
-    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stdout.read1(4096), b"")), daemon=True)
-    reader.start()
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:  # wait until updates run (tqdm shows >= 60 steps)
-        steps = [int(n) for n in re.findall(rb"(\d+)/100000", b"".join(chunks))]
-        if steps and max(steps) >= 60:
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
-    reader.join(timeout=10)
-    output = b"".join(chunks).decode(errors="replace")
-    assert proc.returncode == 0, output
-    checkpoint = glob.glob(str(tmp_path / "*" / "checkpoint.pt"))[0]
-    assert "resume with --resume" in output
-    state = torch.load(checkpoint, weights_only=False)
-    assert 0 < state["global_step"] < 100000
-    out = sac_era.main(sac_era.Args(resume=checkpoint, total_timesteps=state["global_step"] + 20, cuda=False))
-    assert out["global_step"] == state["global_step"] + 20
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("tiny")
+    proc = run_script(SCRIPT, *TINY, "--env-id", "Hopper-v5", "--total-timesteps", "110", "--runs-dir", runs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return only_run_dir(runs) / "checkpoint.pt"
 
 
-def test_truncated_normal_helpers_match_scipy():
-    truncnorm = pytest.importorskip("scipy.stats").truncnorm
-    loc = torch.tensor([[0.0, 0.9, -0.99, 0.3]], dtype=torch.float64)
-    scale = torch.tensor([[1.0, 0.2, 0.5, 1e-3]], dtype=torch.float64)
-    a, b = (-1 - loc) / scale, (1 - loc) / scale
-    expected = truncnorm(a.numpy(), b.numpy(), loc=loc.numpy(), scale=scale.numpy()).entropy().sum()
-    assert sac_era.truncated_normal_entropy(loc, scale, bound=1.0).item() == pytest.approx(expected, rel=1e-6)
-    torch.manual_seed(0)
-    samples = sac_era.truncated_normal_rsample(loc.expand(200_000, 4), scale.expand(200_000, 4), bound=1.0)
-    assert samples.abs().max() <= 1.0
-    means = truncnorm(a.numpy(), b.numpy(), loc=loc.numpy(), scale=scale.numpy()).mean()
-    assert torch.allclose(samples.mean(0), torch.from_numpy(means).squeeze(0), atol=5e-3)
+def test_bad_input_one_line_exit_2(checkpoint, tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "truncated.pt").write_bytes(checkpoint.read_bytes()[:2000])
+    torch.save({"script": "ppo_era.py", "args": {}}, tmp_path / "ppo.pt")
+    cases = [  # (flags, the flag the message must name)
+        (["--entropy-per-dim", "5"], "--entropy-per-dim"),
+        (["--entropy-per-dim", "nan"], "--entropy-per-dim"),
+        (["--policy-lr", "inf"], "--policy-lr"),
+        (["--total-timesteps", "500", "--learning-starts", "500"], "--learning-starts"),
+        (["--env-id", "HalfCheetah-v9"], "--env-id"),
+        (["--batch-size", "many"], "--batch-size"),
+        (["--resume", tmp_path / "missing.pt"], "--resume"),
+        (["--resume", tmp_path / "empty.pt"], "--resume"),
+        (["--resume", tmp_path / "truncated.pt"], "--resume"),
+        (["--resume", tmp_path / "ppo.pt"], "--resume"),
+        (["--resume", checkpoint, "--seed", "2"], "--seed"),
+    ]
+    for flags, flag in cases:
+        assert_bad_input(SCRIPT, *flags, "--runs-dir", tmp_path / "runs", flag=flag, protect=[checkpoint])
+    assert not (tmp_path / "runs").exists()
 
 
-def test_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match="--env-id 'HalfCheetah-v9' is not a registered.*HalfCheetah-v5"):
-        run(tmp_path, env_id="HalfCheetah-v9", total_timesteps=200)
-    with pytest.raises(ValueError, match=r"--learning-starts \(500\) must be in \[0, --total-timesteps \(500\)\)"):
-        run(tmp_path, env_id="Hopper-v5", total_timesteps=500, learning_starts=500)
-    with pytest.raises(ValueError, match="--entropy-per-dim 2.0 is impossible.*at most 1.4189"):
-        run(tmp_path, env_id="Hopper-v5", total_timesteps=500, entropy_per_dim=2.0)
-    with pytest.raises(ValueError, match="--resume 'nope.pt': no such checkpoint"):
-        run(tmp_path, total_timesteps=500, resume="nope.pt")
-    with pytest.raises(ValueError, match="--batch-size"):
-        run(tmp_path, total_timesteps=500, batch_size=0)
+def test_capture_video_under_osmesa(tmp_path):
+    if not importlib.util.find_spec("moviepy"):
+        pytest.skip("--capture-video needs moviepy (pip install moviepy)")
+    run_dir, logs, _ = run(tmp_path, "--env-id", "Hopper-v5", "--total-timesteps", "110", "--capture-video",
+                           MUJOCO_GL="osmesa")
+    assert list((run_dir / "videos" / "step110").glob("*.mp4")), "no video of the evaluation episode"
 
 
-def test_humanoidbench_missing_or_smoke(tmp_path):
-    try:
-        import humanoid_bench  # noqa: F401
-    except ImportError:
-        with pytest.raises(SystemExit, match="HumanoidBench is not installed: pip install"):
-            run(tmp_path, env_id="h1hand-walk-v0", total_timesteps=200)
-        pytest.skip("HumanoidBench is not installed (see README); checked the one-line install message")
-    # HumanoidBench opens a renderer: OSMesa on a machine without GPU or display, in a process of its own
-    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "osmesa")}
-    cmd = [sys.executable, os.path.join(ROOT, "sac_era.py"), "--env-id", "h1-walk-v0", "--total-timesteps", "150",
-           "--learning-starts", "100", "--hidden-dim", "32", "--batch-size", "16", "--log-every", "10",
-           "--eval-every", "0", "--runs-dir", str(tmp_path), "--no-cuda"]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    logs = scalars(glob.glob(str(tmp_path / "h1-walk-v0__*"))[0])
-    assert all(np.isfinite(v) for tag in LOSS_TAGS for _, v in logs[tag])
-    # h1: D = 19; the Gaussian entropy is the target 0.25 x 19 unless the sigma_min clamp binds, then above it
+def test_humanoidbench_smoke_or_install_hint(tmp_path):
+    if not importlib.util.find_spec("humanoid_bench"):
+        line = assert_bad_input(SCRIPT, "--env-id", "h1-walk-v0", flag="--env-id")
+        assert "pip install" in line and "humanoid-bench" in line
+        pytest.skip("HumanoidBench is not installed: checked the one-line install hint")
+    run_dir, logs, _ = run(tmp_path, "--env-id", "h1-walk-v0", "--total-timesteps", "150", "--eval-every", "0",
+                           MUJOCO_GL="osmesa")
+    # h1: D = 19; the Gaussian's entropy is the target 0.25 x 19 unless the sigma_min clamp binds, then above it
     assert all(v >= 0.25 * 19 - 1e-4 for _, v in logs["charts/entropy"])
     assert logs["charts/env_steps"][-1][1] == 2 * logs["charts/env_steps"][-1][0]  # action repeat 2
+    assert Path(run_dir).name.startswith("h1-walk-v0__sac_era__")
