@@ -1,58 +1,85 @@
-"""GRPO with ERA (Entropy Regularizing Activation, arXiv 2510.08549) for LLM reasoning, in one file.
+# docs and results: docs/grpo_era.md · the run skeleton shared by all five scripts: docs/skeleton.md
+"""GRPO and GRPO-ERA (Entropy Regularizing Activation, arXiv 2510.08549) for LLM reasoning, in one file.
 
-GRPO: sample `num_generations` responses per prompt at temperature 1, reward ±1 for a correct final answer,
-advantage = reward normalised within its group, clipped-ratio policy gradient averaged over tokens.
-ERA (`# ERA` lines are the whole difference): per response, H = mean entropy of its top-20 % tokens under the
-unmodified logits; in TRAINING forward passes only (never when sampling), a positive-advantage response with
-H < ω_low has its logits multiplied by k (advantage / k), one with H > ω_high divided by k (advantage · k).
+GRPO samples `num_generations` responses per prompt, rewards a correct final answer, normalises rewards within the
+group and takes a token-mean clipped-ratio policy-gradient step. ERA (the `# ERA` lines) rescales, in training
+passes only, the logits of a positive-advantage response whose top-20 % token entropy H left [ω_low, ω_high].
 
-    python grpo_era.py --model-name Qwen/Qwen2.5-Math-1.5B --dataset train.jsonl       # one GPU
-    torchrun --nproc-per-node 8 grpo_era.py --model-name ... --dataset ...              # DDP, rollouts split
-    python grpo_era.py --model-name tiny --dataset parity --no-cuda                      # offline, CPU, minutes
-    python grpo_era.py --eval-only --resume runs/.../checkpoint.pt --eval-sampled-sets aime24.jsonl ...
+    python grpo_era.py --model-name tiny --dataset parity --no-cuda                     # offline, CPU, minutes
+    torchrun --nproc-per-node 8 grpo_era.py --recipe official --model-name Qwen/Qwen2.5-Math-7B --dataset d.jsonl
+    python grpo_era.py --eval-only --model-name runs/<run>/policy_200 --eval-greedy-sets math500.jsonl
 """
 import contextlib
+import importlib.util
+import io
 import json
 import math
 import os
 import random
+import re
+import shutil
+import signal
+import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
-from typing import Callable, Literal, Optional, Tuple
+from typing import Literal, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import tyro
-from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.utils.checkpoint import checkpoint
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
-from era_core import era_llm_transform, top_entropy_mean
+from era_core import era_llm_transform, top_entropy_mean  # ERA
+
+SCRIPT = os.path.basename(__file__)
+warnings.filterwarnings("ignore", message="FSDP2-wrapped module")  # HF returns views of its outputs; none is changed in place
 
 
 @dataclass
 class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment (the script stem; "_noera" is appended for --no-era)"""
+    """the name of this experiment"""
     seed: int = 1
     """seed of the experiment"""
     torch_deterministic: bool = True
     """if toggled, `torch.use_deterministic_algorithms(True)` (exact resume on CPU)"""
     cuda: bool = True
-    """if toggled, cuda is used when available"""
+    """if toggled, cuda will be enabled when available"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases (pip install wandb)"""
+    wandb_project_name: str = "era"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
     runs_dir: str = "runs"
-    """tensorboard logs and checkpoints go to {runs_dir}/{run_name}"""
-    save_every: int = 50
-    """save a checkpoint every N optimizer steps (0: only at the end and on interrupt)"""
+    """tensorboard logs, checkpoint.pt and the policy_<step> directory go to {runs_dir}/{run_name}/"""
     resume: Optional[str] = None
-    """path of a checkpoint.pt to resume from (with --eval-only: the weights to evaluate)"""
+    """continue the run saved in this checkpoint.pt with its own flags (only --total-steps and --cuda may change)"""
+    save_every: int = 50
+    """write checkpoint.pt and policy_<step>/ every N optimizer steps (0: only at the end and on a signal)"""
+    eval_every: int = 0
+    """evaluate on the --eval-* sets every N optimizer steps (0: only at the end, when sets are given)"""
+    log_every: int = 1
+    """log scalars every N optimizer steps"""
+    compile: bool = False
+    """torch.compile each decoder layer (opt-in)"""
     eval_only: bool = False
-    """only evaluate (the base model, or the --resume checkpoint) and exit"""
+    """only evaluate --model-name (a hub id, or a policy_<step> directory of a run) on the --eval-* sets"""
+    dry_run: bool = False
+    """print the memory plan and exit"""
 
-    # Model and data
+    # Algorithm specific arguments
+    recipe: Literal["demo", "official"] = "demo"
+    """defaults of the flags below: `demo` (small, offline-friendly) or `official` (qwen_7b_era_topk.sh: DAPO dynamic
+    sampling, top-20 log-probs, no advantage rescaling, 2048 responses of <= 8192 tokens, `Answer:` format)"""
     model_name: str = "tiny"
-    """hub id or local path of a causal LM, or `tiny` (random small Qwen2 + local character tokenizer)"""
+    """hub id or local directory of a causal LM, or `tiny` (random small Qwen2 + local character tokenizer)"""
     dataset: str = "parity"
     """JSONL/JSON/parquet path, hub dataset id, or `parity` (built-in task with many correct answers)"""
     dataset_split: str = "train"
@@ -61,8 +88,11 @@ class Args:
     """field with the problem text (or chat messages); default: the first of problem/question/prompt"""
     answer_field: str = "answer"
     """field with the reference answer (dots reach nested fields, e.g. reward_model.ground_truth)"""
-    prompt_suffix: str = "\nPlease reason step by step, and put your final answer within \\boxed{}."
-    """appended to every math problem (not to `parity` prompts)"""
+    answer_format: Literal["boxed", "dapo"] = "boxed"
+    """where the grader reads the final answer: the last \\boxed{} or DAPO's last `Answer:` line (checked at start
+    against the prompts)"""
+    prompt_suffix: Optional[str] = None
+    """appended to string problems (default: the instruction of --answer-format)"""
     use_chat_template: bool = True
     """wrap math problems in the tokenizer's chat template when it has one"""
     max_prompt_length: int = 1024
@@ -70,19 +100,23 @@ class Args:
     max_new_tokens: Optional[int] = None
     """response length limit while training (default: 2 for parity, 1024 otherwise)"""
     use_vllm: bool = False
-    """sample rollouts with vLLM (must be installed; single process, one GPU)"""
-
-    # GRPO
+    """UNTESTED (never run on a GPU): sample rollouts with a colocated vLLM engine (pip install vllm)"""
     total_steps: int = 200
     """total optimizer steps"""
     batch_size: int = 64
     """responses per rollout batch over all ranks (= prompts x num_generations)"""
     num_generations: int = 8
     """responses sampled per prompt (the group size)"""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling: sample more prompts until every group of the batch has rewards that differ"""
     num_minibatches: int = 1
     """optimizer steps per rollout batch (official ERA: 1, strictly on-policy)"""
     micro_batch_size: int = 8
     """responses per forward/backward pass (gradient accumulation; memory only)"""
+    max_tokens_per_micro_batch: int = 0
+    """also cap a micro-batch at this many padded tokens (0: no cap)"""
+    generation_batch_size: int = 0
+    """responses per generate call on each rank (0: all of the rank's at once)"""
     learning_rate: float = 1e-6
     """AdamW learning rate (constant)"""
     weight_decay: float = 0.0
@@ -101,30 +135,12 @@ class Args:
     """ratio clipped above at 1 + clip_high (official ERA runs: 1.0)"""
     beta: float = 0.0
     """coefficient of the k3 KL to a frozen copy of the initial model (0: no KL, no reference model)"""
-    filter_zero_variance: bool = False
-    """drop groups whose rewards are all equal from the loss (they carry no signal)"""
     topk_logprobs: int = 0
-    """official-code trick (off by default): renormalise log-probs over the top-k logits, -1e4 outside"""
+    """official-code trick: renormalise log-probs over the top-k logits, -1e4 outside (0: off)"""
     bf16: bool = True
-    """bfloat16 autocast on CUDA"""
+    """bfloat16 compute on CUDA (float32 master weights, gradients reduced in float32)"""
     gradient_checkpointing: bool = True
-    """gradient checkpointing on CUDA"""
-    log_every: int = 1
-    """log scalars every N optimizer steps"""
-
-    # ERA
-    era: bool = True
-    """ERA (the default); --no-era runs plain GRPO"""
-    omega_low: float = 0.45
-    """ERA lower bound on the top-20 % response entropy (nats)"""
-    omega_high: float = 3.0
-    """ERA upper bound on the top-20 % response entropy (nats)"""
-    era_k: float = 2.0
-    """ERA logit scale factor k > 1"""
-    era_scale_advantages: bool = True
-    """rescale advantages with the logits (A/k, k*A); the official README script ran with it off"""
-    era_top_frac: float = 0.2
-    """fraction of highest-entropy tokens whose mean is the response entropy"""
+    """activation checkpointing of the decoder layers on CUDA"""
 
     # Evaluation
     eval_sampled_sets: Tuple[str, ...] = ()
@@ -143,49 +159,171 @@ class Args:
     """prompts per generate call at evaluation"""
     eval_limit: int = 0
     """evaluate only the first N problems of each set (0: all)"""
-    eval_every: int = 0
-    """evaluate every N optimizer steps during training (0: only at the end, when sets are given)"""
+
+    # ERA
+    era: bool = True  # ERA
+    """ERA (default) or the baseline (--no-era)"""  # ERA
+    omega_low: float = 0.45  # ERA
+    """ERA lower bound on a response's top-20 % token entropy (nats)"""  # ERA
+    omega_high: float = 3.0  # ERA
+    """ERA upper bound on a response's top-20 % token entropy (nats)"""  # ERA
+    era_k: float = 2.0  # ERA
+    """ERA logit scale factor k > 1"""  # ERA
+    era_scale_advantages: bool = True  # ERA
+    """rescale advantages with the logits (A/k, k*A; paper Eq. 16); the official README script runs without"""  # ERA
+    era_top_frac: float = 0.2  # ERA
+    """fraction of highest-entropy tokens whose mean is the response entropy H"""  # ERA
+    era_adv_rule: Literal["paper", "official"] = "paper"  # ERA
+    """which responses ERA rescales: A > 0 (paper), or int(A) >= 1 (official code, dp_actor.py)"""  # ERA
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Tokenizer and model
-def make_char_tokenizer(chars):
-    """A character-level tokenizer built locally (no download): one token per character, <eos> doubles as pad."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<eos>": 0, "<unk>": 1}
-    for c in chars:
-        vocab.setdefault(c, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>", unk_token="<unk>")
+RECIPES = {"demo": {}, "official": dict(  # everything ERA-LLM/qwen_7b_era_topk.sh sets (docs/grpo_era.md)
+    recipe="official", batch_size=2048, num_generations=8, dynamic_sampling=True, topk_logprobs=20,
+    learning_rate=1e-6, clip_low=1.0, clip_high=1.0, max_prompt_length=2048, max_new_tokens=8192,
+    answer_format="dapo", answer_field="reward_model.ground_truth", reward_type="pm1", scale_rewards="group",
+    era_scale_advantages=False,  # ERA
+)}
+LOGIT_CHUNK = 256  # tokens per [tokens, vocab] block of logits: the only one alive at a time
+MAX_SAMPLING_ROUNDS = 10  # dynamic sampling gives up (and fills with zero-variance groups) after this many rounds
+SUFFIX = {"boxed": "\nPlease reason step by step, and put your final answer within \\boxed{}.",
+          "dapo": "\n\nSolve the problem step by step. The last line of your response should be of the form "
+                  "Answer: $Answer (without quotes) where $Answer is the answer to the problem."}
+MARKER = {"boxed": "\\boxed", "dapo": "Answer:"}  # what every prompt must ask for, per --answer-format
 
 
-def make_model(args, vocab_chars, dtype=torch.float32):
-    """(model, tokenizer). `tiny`: a randomly initialised 2-layer Qwen2 (seeded by --seed) over characters."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    if args.model_name == "tiny":
-        tokenizer = make_char_tokenizer(vocab_chars)
-        config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                             tie_word_embeddings=True, eos_token_id=0, pad_token_id=0, bos_token_id=None)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(args.seed)  # identical weights on every rank
-            model = Qwen2ForCausalLM(config)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(args.model_name)
-        model = AutoModelForCausalLM.from_pretrained(args.model_name, dtype=dtype)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    tokenizer.truncation_side = "left"  # long prompts keep their end (the question and the instruction)
-    return model, tokenizer
+# TRY NOT TO MODIFY: command line, checkpoints, RNG (the same design in all five scripts: docs/skeleton.md)
+BUDGET = ("total_steps", "cuda")  # the only flags that may be given with --resume
 
 
-# ----------------------------------------------------------------------------------------------------------
+def fail(message):
+    """Bad input: one line on stderr, exit code 2, no traceback; nothing saved is touched."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_args():
+    """tyro's command line (with the --recipe's defaults); its parse errors reduced to the same one line."""
+    argv = " ".join(sys.argv[1:]).replace("=", " ").split()
+    recipe = argv[argv.index("--recipe") + 1] if "--recipe" in argv[:-1] else "demo"
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(Args, default=Args(**RECIPES.get(recipe, {})))
+    except SystemExit as e:
+        if e.code:  # tyro draws a box: keep the message line under its title
+            text = [line.strip(" │╭╮╰╯─") for line in captured.getvalue().splitlines()]
+            fail(next(iter([line for line in text if line][1:]), "bad command line"))
+        raise
+
+
+def check_args(args, world_size):
+    """ValueError naming the first flag out of its range (tyro has checked the types; NaN fails every test)."""
+    n, per_rank = max(args.num_generations, 1), args.batch_size // world_size
+    at_least_one = ("micro_batch_size", "log_every", "max_prompt_length", "eval_num_samples", "eval_max_new_tokens",
+                    "eval_batch_size")
+    non_negative = ("save_every", "eval_every", "eval_limit", "topk_logprobs", "max_tokens_per_micro_batch",
+                    "generation_batch_size", "weight_decay", "clip_high", "beta")
+    positive = ("learning_rate", "max_grad_norm", "temperature", "eval_temperature")
+    for name, ok, allowed in [
+        ("total_steps", args.total_steps >= 1 and args.total_steps % max(args.num_minibatches, 1) == 0,
+         f">= 1 and a multiple of --num-minibatches {args.num_minibatches}"),
+        ("num_generations", args.num_generations >= 2, ">= 2 (group statistics)"),
+        ("batch_size", args.batch_size >= 1 and args.batch_size % n == 0 and args.batch_size // n % world_size == 0,
+         f">= 1, a multiple of --num-generations {n}, with a number of prompts divisible by the {world_size} processes"),
+        ("num_minibatches", 1 <= args.num_minibatches and per_rank % args.num_minibatches == 0,
+         f">= 1 and divide the {per_rank} responses per process"),
+        ("max_new_tokens", args.max_new_tokens is None or args.max_new_tokens >= 1, ">= 1"),
+        *[(name, getattr(args, name) >= 1, ">= 1") for name in at_least_one],
+        *[(name, 0 <= getattr(args, name) < math.inf, "a finite number >= 0") for name in non_negative],
+        *[(name, 0 < getattr(args, name) < math.inf, "a finite number > 0") for name in positive],
+        ("clip_low", 0 <= args.clip_low <= 1, "in [0, 1]"),
+        ("eval_top_p", 0 < args.eval_top_p <= 1, "in (0, 1]"),
+        ("eval_only", not args.eval_only or args.eval_sampled_sets or args.eval_greedy_sets, "given with eval sets"),
+        ("dataset", not args.dataset.endswith((".jsonl", ".json", ".parquet")) or os.path.exists(args.dataset),
+         "an existing file"),
+        ("eval_sampled_sets", all(map(os.path.exists, args.eval_sampled_sets + args.eval_greedy_sets)),
+         "existing files (and so must --eval-greedy-sets)"),
+        ("track", not args.track or importlib.util.find_spec("wandb"), "off unless wandb is installed (pip install wandb)"),
+        ("use_vllm", not args.use_vllm or (importlib.util.find_spec("vllm") and args.model_name != "tiny"),
+         "off unless vllm is installed (pip install vllm) and --model-name is a hub id or a directory"),
+        ("omega_low", -math.inf < args.omega_low < args.omega_high < math.inf, "finite and < --omega-high"),  # ERA
+        ("era_k", 1 < args.era_k < math.inf, "a finite number > 1"),  # ERA
+        ("era_top_frac", 0 < args.era_top_frac <= 1, "in (0, 1]"),  # ERA
+    ]:
+        if not ok:
+            raise ValueError(f"--{name.replace('_', '-')} must be {allowed}, got {getattr(args, name)}")
+
+
+def load_checkpoint(args):
+    """(the saved run's Args with this command line's budget flags, the checkpoint); ValueError if unusable."""
+    given = [k for k, v in asdict(args).items() if k != "resume" and v != getattr(Args(), k)]
+    for name in given:
+        if name not in BUDGET:
+            raise ValueError(f"--{name.replace('_', '-')} cannot be given with --resume, which continues the run with "
+                             f"its saved flags (only --{' and --'.join(b.replace('_', '-') for b in BUDGET)} may change)")
+    try:
+        checkpoint = torch.load(args.resume, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise ValueError(f"--resume {args.resume}: no such file") from None
+    except Exception:
+        raise ValueError(f"--resume {args.resume}: not a readable checkpoint (empty, truncated or not a torch.save file)") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("script") != SCRIPT or set(checkpoint["args"]) != set(asdict(args)):
+        raise ValueError(f"--resume {args.resume}: not a checkpoint of this version of {SCRIPT}")
+    if not os.path.isdir(os.path.join(os.path.dirname(args.resume), checkpoint["policy"])):
+        raise ValueError(f"--resume {args.resume}: its policy directory {checkpoint['policy']} is missing")
+    saved = Args(**checkpoint["args"])
+    for name in given:
+        setattr(saved, name, getattr(args, name))
+    saved.resume = args.resume
+    return saved, checkpoint
+
+
+def save_checkpoint(run_dir, step, model, tokenizer, optimizer, rank, **state):
+    """Collective. Rank 0 writes policy_<step>/ (save_pretrained: weights and tokenizer), then checkpoint.pt
+    (atomically: a temporary file, then renamed) naming it, then removes the older policy_* directories."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights, optim = get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+    rngs = [None] * dist.get_world_size() if dist.is_initialized() else [rng_state()]
+    if dist.is_initialized():
+        dist.all_gather_object(rngs, rng_state())
+    if rank == 0:
+        policy, path = f"policy_{step}", os.path.join(run_dir, "checkpoint.pt")
+        model.save_pretrained(os.path.join(run_dir, policy), state_dict=weights)
+        tokenizer.save_pretrained(os.path.join(run_dir, policy))
+        torch.save({"script": SCRIPT, "policy": policy, "optimizer": optim, "rng": rngs, **state}, path + ".tmp")
+        os.replace(path + ".tmp", path)
+        for old in os.listdir(run_dir):
+            if old.startswith("policy_") and old != policy:
+                shutil.rmtree(os.path.join(run_dir, old))
+
+
+def rng_state():
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def sampling_seed(*counters):
+    """The torch seed of one generate call, from (seed, step, round, chunk): rollouts do not depend on the
+    number of processes, and a resumed run samples what an uninterrupted one would."""
+    return int(np.random.SeedSequence(list(counters)).generate_state(1)[0])
+
+
+def global_sum(values, distributed, op=None):
+    """Per-rank numbers summed (or reduced with `op`) over all ranks, as a list of floats."""
+    t = torch.tensor(values, dtype=torch.float64, device="cuda" if dist.is_initialized() and dist.get_backend() == "nccl" else "cpu")
+    if distributed:
+        dist.all_reduce(t, op or dist.ReduceOp.SUM)
+    return t.tolist()
+
+
 # Data and grading
 PARITY_CHARS = "0123456789="
 
@@ -198,566 +336,574 @@ def parity_reward(completion, answer):
 def last_boxed(text):
     """Content of the last \\boxed{...} (or \\fbox{...}) in text, braces matched; None if there is none."""
     start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    i = text.find("{", start)
-    if i < 0:
-        return None
+    i = text.find("{", start) if start >= 0 else -1
     depth = 0
-    for j in range(i, len(text)):
+    for j in range(max(i, 0), len(text) if i >= 0 else 0):
         depth += {"{": 1, "}": -1}.get(text[j], 0)
         if depth == 0:
             return text[i + 1: j]
     return None
 
 
-def math_reward(completion, answer):
-    """Correct iff the last \\boxed{} of the response is equivalent to the answer, graded by math-verify."""
+def dapo_answer(text):
+    """What follows the last `Answer:` within the last 300 characters, to the end of its line (DAPO's rule)."""
+    found = re.findall(r"(?i)Answer\s*:\s*([^\n]+)", text[-300:])
+    return found[-1].strip() if found else None
+
+
+def math_reward(completion, answer, answer_format="boxed"):
+    """Correct iff the final answer (--answer-format) is equivalent to the reference, graded by math-verify."""
     from math_verify import parse, verify
 
-    pred = last_boxed(completion)
+    pred = last_boxed(completion) if answer_format == "boxed" else dapo_answer(completion)
     if pred is None:
         return False
     if isinstance(answer, float) and answer.is_integer():
         answer = int(answer)  # AMC's 27.0 -> 27
     try:
-        return bool(verify(parse(f"${answer}$"), parse(f"${pred}$")))
+        return bool(verify(parse(f"${answer}$"), parse(f"${pred.strip('$')}$")))
     except Exception:  # a grader crash on odd LaTeX counts as wrong, never kills the run
         return False
 
 
 def read_rows(source, split="train"):
     """List of dict rows from a JSONL/JSON/parquet path or a hub dataset id."""
+    if os.path.exists(source) and source.endswith(".parquet"):
+        import pyarrow.parquet as pq
+        return pq.read_table(source).to_pylist()
     if os.path.exists(source):
-        if source.endswith(".parquet"):
-            try:
-                import pyarrow.parquet as pq
-            except ImportError as e:
-                raise ValueError(f"reading {source} needs a working pyarrow ({e})") from None
-            return pq.read_table(source).to_pylist()
         with open(source) as f:
             text = f.read()
-        if source.endswith(".json") and text.lstrip().startswith("["):
+        if text.lstrip().startswith("["):
             return json.loads(text)
         return [json.loads(line) for line in text.splitlines() if line.strip()]
-    try:
-        import datasets
-    except ImportError as e:
-        raise ValueError(f"{source} is not a local file, and hub datasets need a working `datasets` ({e})") from None
+    import datasets
     return list(datasets.load_dataset(source, split=split))
 
 
 def get_field(row, name):
     for part in name.split("."):
-        row = row[part]
+        row = row[part] if isinstance(row, dict) and part in row else None
     return row
 
 
-def has_field(row, name):
-    try:
-        get_field(row, name)
-        return True
-    except (KeyError, TypeError, IndexError):
-        return False
-
-
-def load_problems(source, args, split="train", prompt_field=None):
-    """(prompt texts or chat messages, answers) of a math set; clear errors for missing fields."""
-    rows = read_rows(source, split)
+def load_problems(rows, source, prompt_field, answer_field):
+    """(problems: texts or chat messages, answers) of a math set; ValueError naming the flag of a missing field."""
     if not rows:
-        raise ValueError(f"{source} has no rows")
-    field = prompt_field
-    if field is None:
-        field = next((f for f in ("problem", "question", "prompt") if f in rows[0]), None)
-        if field is None:
-            raise ValueError(f"--prompt-field: none of problem/question/prompt in {source}; fields: {sorted(rows[0])}")
-    for name, flag in ((field, "--prompt-field"), (args.answer_field, "--answer-field")):
-        if not has_field(rows[0], name):
+        raise ValueError(f"--dataset {source} has no rows")
+    field = prompt_field or next((f for f in ("problem", "question", "prompt") if f in rows[0]), "problem")
+    for name, flag in ((field, "--prompt-field"), (answer_field, "--answer-field")):
+        if get_field(rows[0], name) is None:
             raise ValueError(f"{flag} {name!r} is not a field of {source}; fields: {sorted(rows[0])}")
-    return [get_field(r, field) for r in rows], [get_field(r, args.answer_field) for r in rows]
+    return [get_field(r, field) for r in rows], [get_field(r, answer_field) for r in rows]
 
 
 def format_prompt(problem, tokenizer, args):
-    """Chat messages or plain text -> the prompt string the model continues."""
+    """Chat messages or plain text (plus the --answer-format instruction) -> the prompt string the model continues."""
     if isinstance(problem, str):
-        problem = problem + args.prompt_suffix
+        problem += SUFFIX[args.answer_format] if args.prompt_suffix is None else args.prompt_suffix
         if not (args.use_chat_template and tokenizer.chat_template):
             return problem
         problem = [{"role": "user", "content": problem}]
+    if not tokenizer.chat_template:  # chat messages for a model without a template (`tiny`): their texts
+        return "\n".join(m["content"] for m in problem)
     return tokenizer.apply_chat_template(list(problem), tokenize=False, add_generation_prompt=True)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Rollouts, log-probs, metrics
+def check_answer_format(prompts, args, source):
+    """ValueError unless every prompt asks for the answer where the grader reads it (--answer-format)."""
+    missing = [p for p in prompts if MARKER[args.answer_format] not in p]
+    if missing:
+        other = [f for f in MARKER if f != args.answer_format][0]
+        raise ValueError(f"--answer-format {args.answer_format}: {len(missing)} of {len(prompts)} prompts of {source} "
+                         f"never ask for {MARKER[args.answer_format]!r} (first: {missing[0][-80:]!r}); use "
+                         f"--answer-format {other} or a --prompt-suffix that asks for it")
+
+
+# Model
+def make_config(name, vocab_size):
+    """The model's config (`tiny`: a 2-layer Qwen2 with hidden size 64 over `vocab_size` characters)."""
+    from transformers import AutoConfig, Qwen2Config
+
+    if name != "tiny":
+        return AutoConfig.from_pretrained(name)
+    return Qwen2Config(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                       tie_word_embeddings=True, eos_token_id=0, pad_token_id=0, bos_token_id=None)
+
+
+def make_tokenizer(name, vocab_chars):
+    """Left padding and truncation (long prompts keep their end); `tiny`: one token per character, <eos> = pad."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if name == "tiny":
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+        vocab = {"<eos>": 0, "<unk>": 1}
+        for c in vocab_chars:
+            vocab.setdefault(c, len(vocab))
+        tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        tok.pre_tokenizer, tok.decoder = pre_tokenizers.Split("", "isolated"), decoders.Fuse()
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>", unk_token="<unk>")
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    tokenizer.padding_side = tokenizer.truncation_side = "left"
+    return tokenizer
+
+
+def make_model(name, config, seed):
+    """The causal LM in float32 (the master weights): pretrained weights, or `tiny`'s random ones (seeded)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils.logging import disable_progress_bar
+
+    disable_progress_bar()  # a quiet start (and quiet saves)
+    if name != "tiny":
+        return AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # identical weights on every rank
+        return AutoModelForCausalLM.from_config(config)
+
+
+def memory_plan(config, args, world_size, max_new_tokens):
+    """Estimated GB per GPU: float32 weights, gradients and AdamW moments (sharded over the ranks), bf16 weight copies,
+    the KV cache of one generate call, checkpointed activations of one micro-batch, and the float32 logit blocks."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    context = args.max_prompt_length + max_new_tokens
+    sequences = args.generation_batch_size or args.batch_size // world_size
+    tokens = args.max_tokens_per_micro_batch or args.micro_batch_size * context
+    plan = {"weights + grads + AdamW (fp32, sharded)": 16 * params / world_size,
+            "bf16 weights (compute copy)": 2 * params,
+            "KV cache of one generate call (bf16)": 4 * config.num_hidden_layers * config.num_key_value_heads
+            * head_dim * sequences * context,
+            "activations of a micro-batch (bf16, checkpointed)": 2 * tokens * (
+                config.hidden_size * (config.num_hidden_layers + 8) + 3 * config.intermediate_size),
+            "logits (fp32 blocks)": 4 * config.vocab_size * (3 * LOGIT_CHUNK + 3 * sequences)}
+    return {k: v / 2 ** 30 for k, v in plan.items()}, params
+
+
+# Rollouts, log-probs, advantages, evaluation
 def autocast(device, args):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and args.bf16)
 
 
+def encode(tokenizer, prompts, args):
+    return tokenizer(prompts, add_special_tokens=False, truncation=True, max_length=args.max_prompt_length)["input_ids"]
+
+
 @torch.no_grad()
-def generate(model, tokenizer, prompts, n, max_new_tokens, device, args, temperature, top_p=1.0, greedy=False):
-    """Sample n responses per prompt. Returns prompt ids/mask [B*n, P] (left-padded) and response ids/mask
-    [B*n, R]; the response mask covers the tokens up to and including the first eos."""
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True,
-                    max_length=args.max_prompt_length, add_special_tokens=False).to(device)
-    was_training = model.training
-    model.eval()
-    with autocast(device, args):
-        out = model.generate(**enc, do_sample=not greedy, temperature=temperature if not greedy else None,
-                             top_p=top_p if not greedy else None, top_k=0 if not greedy else None,
-                             max_new_tokens=max_new_tokens, num_return_sequences=n, repetition_penalty=1.0,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    model.train(was_training)
-    prompt_len = enc["input_ids"].shape[1]
-    response = out[:, prompt_len:]
-    is_eos = response == tokenizer.eos_token_id
-    response_mask = (is_eos.long().cumsum(-1) - is_eos.long()) == 0  # up to and including the first eos
-    return (enc["input_ids"].repeat_interleave(n, 0), enc["attention_mask"].repeat_interleave(n, 0),
-            response, response_mask)
+def sample(model, tokenizer, prompt_ids, n, max_new_tokens, args, device, seeds, temperature, top_p=1.0, greedy=False):
+    """n responses per prompt from HF generate, as token-id lists up to and including their first eos. One generate
+    call per --generation-batch-size responses, seeded from `seeds` and the global index of its first prompt."""
+    distributed = dist.is_initialized()
+    per_call = max(1, (args.generation_batch_size or len(prompt_ids) * n) // n)
+    offset = dist.get_rank() * len(prompt_ids) if distributed else 0
+    model.eval()  # HF keeps its KV cache off in training mode with gradient checkpointing
+    responses = []
+    for i in range(0, len(prompt_ids), per_call):
+        torch.manual_seed(sampling_seed(*seeds, offset + i))
+        enc = tokenizer.pad({"input_ids": prompt_ids[i: i + per_call]}, return_tensors="pt").to(device)
+        with autocast(device, args):
+            out = model.generate(**enc, do_sample=not greedy, temperature=None if greedy else temperature,
+                                 top_p=None if greedy else top_p, top_k=None if greedy else 0,
+                                 max_new_tokens=max_new_tokens, num_return_sequences=n, repetition_penalty=1.0,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                 synced_gpus=distributed)
+        for row in out[:, enc["input_ids"].shape[1]:].tolist():
+            responses.append(row[: row.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in row else row)
+    model.train()
+    return responses
 
 
-def response_logits(model, prompt_ids, prompt_mask, response, response_mask, temperature):
-    """Logits [B, R, V] (float32, divided by the sampling temperature) that score each response token."""
-    input_ids = torch.cat([prompt_ids, response], 1)
+def sample_vllm(engine, model, prompt_ids, n, max_new_tokens, args):
+    """UNTESTED (no GPU was available): rollouts from a vLLM engine colocated in this process and built for
+    in-process weight loading (TRL's colocate mode: distributed_executor_backend="external_launcher", one engine per
+    rank). The policy's current weights are loaded before every call; the sampled token ids are returned as they
+    are, with the stop id that ended each sample. `engine`: a list holding the engine once it is built."""
+    from vllm import LLM, SamplingParams
+
+    if not engine:
+        engine.append(LLM(model=args.model_name, tensor_parallel_size=1, dtype="bfloat16", seed=args.seed,
+                          distributed_executor_backend="external_launcher", gpu_memory_utilization=0.3,
+                          max_model_len=args.max_prompt_length + max_new_tokens, enable_prefix_caching=False))
+    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))  # collective
+    engine[0].llm_engine.model_executor.driver_worker.worker.model_runner.model.load_weights(weights.items())
+    params = SamplingParams(n=n, temperature=args.temperature, top_p=1.0, top_k=-1, max_tokens=max_new_tokens)
+    outputs = engine[0].generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False)
+    return [list(o.token_ids) for out in outputs for o in out.outputs]
+
+
+def rollout(model, tokenizer, prompts, answers, args, max_new_tokens, device, seeds, vllm_engine):
+    """Sample and grade a group of responses per prompt: [(prompt ids, response ids, correct, texts)] per prompt."""
+    n, ids = args.num_generations, encode(tokenizer, prompts, args)
+    if args.use_vllm:
+        responses = sample_vllm(vllm_engine, model, ids, n, max_new_tokens, args)
+    else:
+        responses = sample(model, tokenizer, ids, n, max_new_tokens, args, device, seeds, args.temperature)
+    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+    correct = [parity_reward(t, answers[i // n]) if args.dataset == "parity" else
+               math_reward(t, answers[i // n], args.answer_format) for i, t in enumerate(texts)]
+    return [(ids[g], responses[g * n: (g + 1) * n], correct[g * n: (g + 1) * n], texts[g * n: (g + 1) * n])
+            for g in range(len(prompts))]
+
+
+def pad_batch(prompts, responses, pad_id, device):
+    """Token-id lists -> left-padded prompts [B, P] and right-padded responses [B, R], with their masks."""
+    P, R = max(map(len, prompts)), max(map(len, responses))
+    return (torch.tensor([[pad_id] * (P - len(p)) + p for p in prompts], device=device),
+            torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts], device=device),
+            torch.tensor([r + [pad_id] * (R - len(r)) for r in responses], device=device),
+            torch.tensor([[True] * len(r) + [False] * (R - len(r)) for r in responses], device=device))
+
+
+def micro_batches(batch, start, end, args, distributed):
+    """Row ranges covering start:end: at most --micro-batch-size rows and (--max-tokens-per-micro-batch) padded
+    tokens (one row may exceed it), as many on every rank (FSDP's collectives need it): a minibatch's own rows only."""
+    plen, rlen = batch[1].sum(1).tolist(), batch[3].sum(1).tolist()
+    out, s = [], start
+    while s < end:
+        e = s + 1
+        while e < end and e - s < args.micro_batch_size and (not args.max_tokens_per_micro_batch or (e + 1 - s) * (
+                max(plen[s: e + 1]) + max(rlen[s: e + 1])) <= args.max_tokens_per_micro_batch):
+            e += 1
+        out.append((s, e))
+        s = e
+    count = int(global_sum([len(out)], distributed, dist.ReduceOp.MAX)[0])
+    while len(out) < count:  # split the largest range until this rank has as many as the others
+        i = max(range(len(out)), key=lambda j: out[j][1] - out[j][0])
+        out[i: i + 1] = [(out[i][0], sum(out[i]) // 2), (sum(out[i]) // 2, out[i][1])]
+    return out
+
+
+def trim(batch, s, e):
+    """Rows s:e of the rollout batch, padded only to their own longest prompt and response."""
+    prompt_ids, prompt_mask, response, response_mask = batch
+    p0, r = int(prompt_mask[s:e].any(0).long().argmax()), int(response_mask[s:e].sum(1).max())
+    return prompt_ids[s:e, p0:], prompt_mask[s:e, p0:], response[s:e, :r], response_mask[s:e, :r]
+
+
+def response_states(model, prompt_ids, prompt_mask, response, response_mask):
+    """Final hidden states [n, d] at the positions that predict the n valid response tokens, and those tokens [n]
+    (padding dropped). The model computes the logits of one position only: the head is applied in blocks."""
     attention_mask = torch.cat([prompt_mask, response_mask.long()], 1)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # as generate() numbers left-padded prompts
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   logits_to_keep=response.shape[1] + 1, use_cache=False).logits[:, :-1]
-    return logits.float() / temperature
+    out = model(input_ids=torch.cat([prompt_ids, response], 1), attention_mask=attention_mask, use_cache=False,
+                position_ids=position_ids, logits_to_keep=1, output_hidden_states=True)
+    hidden = out.hidden_states[-1][:, prompt_ids.shape[1] - 1: -1]  # position t predicts token t + 1
+    return hidden[response_mask], response[response_mask]
 
 
-def token_logprobs(logits, tokens, topk=0):
-    """log π(token) under logits; with topk > 0 the official top-k renormalisation (-1e4 outside the top k)."""
-    if topk > 0:
+def block_logprobs(head, hidden, tokens, inv_temp, topk):
+    """log π(token) of one block of tokens: the one place an [n, V] float32 block of logits exists."""
+    logits = head(hidden).float() * inv_temp[:, None]
+    z = logits.gather(-1, tokens[:, None]).squeeze(-1)
+    if topk > 0:  # official-code trick: renormalise over the top-k logits, -1e4 outside
         top = logits.topk(topk, dim=-1).values
-        z = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-        inside = z >= top[..., -1]
-        return torch.where(inside, z - top.logsumexp(-1), torch.full_like(z, -1e4))
-    return logits.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        return torch.where(z >= top[:, -1], z - top.logsumexp(-1), torch.full_like(z, -1e4))
+    return z - logits.logsumexp(-1)
 
 
-def token_entropy(logits):
-    logp = logits.log_softmax(-1)
-    return -(logp.exp() * logp).sum(-1)
+def token_logprobs(head, hidden, tokens, inv_temp, topk):
+    """log π(token) [n] from hidden states [n, d], LOGIT_CHUNK tokens at a time; with grad, each block's logits are
+    recomputed in backward (checkpointed), so one float32 block is alive at a time."""
+    out = []
+    for i in range(0, len(hidden), LOGIT_CHUNK):
+        block = (head, hidden[i: i + LOGIT_CHUNK], tokens[i: i + LOGIT_CHUNK], inv_temp[i: i + LOGIT_CHUNK], topk)
+        grad = torch.is_grad_enabled()
+        out.append(checkpoint(block_logprobs, *block, use_reentrant=False) if grad else block_logprobs(*block))
+    return torch.cat(out)
 
 
-def pass_at_k(n, c, k):
-    """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k), from n samples of which c are correct."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+@torch.no_grad()
+def token_entropy(head, hidden, inv_temp):
+    """Entropy [n] of each token's distribution, LOGIT_CHUNK tokens at a time, without grad."""
+    out = []
+    for i in range(0, len(hidden), LOGIT_CHUNK):
+        logp = (head(hidden[i: i + LOGIT_CHUNK]).float() * inv_temp[i: i + LOGIT_CHUNK, None]).log_softmax(-1)
+        out.append(-(logp.exp() * logp).sum(-1))
+    return torch.cat(out)
 
 
-def group_advantages(rewards, group_size, scale):
+def group_advantages(rewards, group_size, scale, batch_std):
     """GRPO advantages: reward minus its group mean, divided by the group std, the batch std, or nothing."""
     grouped = rewards.view(-1, group_size)
     centred = (grouped - grouped.mean(1, keepdim=True)).view(-1)
     if scale == "group":
         return centred / (grouped.std(1).repeat_interleave(group_size) + 1e-6)
-    if scale == "batch":
-        return centred / (rewards.std() + 1e-6)
-    return centred
+    return centred / (batch_std + 1e-6) if scale == "batch" else centred
+
+
+def pass_at_k(n, c, k):
+    """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k), from n samples of which c are correct."""
+    return 1.0 if n - c < k else 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, args, device, rank, world_size):
+def evaluate(model, tokenizer, args, device, step):
     """avg@n and unbiased pass@k on the sampled sets, greedy accuracy on the greedy sets; rows split over ranks."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     results = {}
-    for path, greedy in [(p, False) for p in args.eval_sampled_sets] + [(p, True) for p in args.eval_greedy_sets]:
-        problems, answers = load_problems(path, args)  # field auto-detected per set (problem or question)
-        if args.eval_limit > 0:
-            problems, answers = problems[: args.eval_limit], answers[: args.eval_limit]
+    sets = [(p, False) for p in args.eval_sampled_sets] + [(p, True) for p in args.eval_greedy_sets]
+    for number, (path, greedy) in enumerate(sets):
+        problems, answers = load_problems(read_rows(path), path, None, "answer")
+        problems, answers = problems[: args.eval_limit or None], answers[: args.eval_limit or None]
         n = 1 if greedy else args.eval_num_samples
         ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= n]
-        sums = torch.zeros(len(ks) + 2, dtype=torch.float64, device=device)  # avg, pass@k..., rows
-        mine = list(range(rank, len(problems), world_size))
+        mine = list(range(rank, len(problems), world))
+        mine += [None] * (-(-len(problems) // world) - len(mine))  # as many generate calls on every rank
+        sums = np.zeros(len(ks) + 2)  # avg, pass@k..., rows
         for i in range(0, len(mine), args.eval_batch_size):
             idx = mine[i: i + args.eval_batch_size]
-            prompts = [format_prompt(problems[j], tokenizer, args) for j in idx]
-            _, _, response, mask = generate(model, tokenizer, prompts, n, args.eval_max_new_tokens, device, args,
-                                            args.eval_temperature, args.eval_top_p, greedy=greedy)
-            texts = tokenizer.batch_decode(response.masked_fill(~mask, tokenizer.pad_token_id),
-                                           skip_special_tokens=True)
+            ids = encode(tokenizer, [format_prompt(problems[j or 0], tokenizer, args) for j in idx], args)
+            texts = tokenizer.batch_decode(sample(model, tokenizer, ids, n, args.eval_max_new_tokens, args, device, (
+                args.seed, step, MAX_SAMPLING_ROUNDS + number), args.eval_temperature, args.eval_top_p, greedy),
+                skip_special_tokens=True)
             for b, j in enumerate(idx):
-                c = sum(math_reward(t, answers[j]) for t in texts[b * n: (b + 1) * n])
-                sums[0] += c / n
-                for m, k in enumerate(ks):
-                    sums[1 + m] += pass_at_k(n, c, k)
-                sums[-1] += 1
-        if world_size > 1:
-            dist.all_reduce(sums)
-        name = os.path.splitext(os.path.basename(path))[0]
-        rows = sums[-1].clamp(min=1)
+                if j is not None:
+                    c = sum(math_reward(t, answers[j], args.answer_format) for t in texts[b * n: (b + 1) * n])
+                    sums += [c / n, *(pass_at_k(n, c, k) for k in ks), 1]
+        sums = global_sum(sums.tolist(), world > 1)
+        name, rows = os.path.splitext(os.path.basename(path))[0], max(sums[-1], 1)
         if greedy:
-            results[f"eval/{name}/greedy_acc"] = (sums[0] / rows).item()
+            results[f"eval/{name}/greedy_acc"] = sums[0] / rows
         else:
-            results[f"eval/{name}/avg@{n}"] = (sums[0] / rows).item()
-            for m, k in enumerate(ks):
-                results[f"eval/{name}/pass@{k}"] = (sums[1 + m] / rows).item()
+            results[f"eval/{name}/avg@{n}"] = sums[0] / rows
+            results.update({f"eval/{name}/pass@{k}": sums[1 + m] / rows for m, k in enumerate(ks)})
     return results
 
 
-# ----------------------------------------------------------------------------------------------------------
-def check_args(args, world_size):
-    """One clear error per bad flag, before any model is loaded."""
-    if args.num_generations < 2:
-        raise ValueError(f"--num-generations must be >= 2 (group statistics), got {args.num_generations}")
-    if args.batch_size % args.num_generations:
-        raise ValueError(f"--batch-size {args.batch_size} must be divisible by "
-                         f"--num-generations {args.num_generations}")
-    if (args.batch_size // args.num_generations) % world_size:
-        raise ValueError(f"--batch-size / --num-generations = {args.batch_size // args.num_generations} prompts "
-                         f"must be divisible by the number of processes ({world_size})")
-    per_rank = args.batch_size // world_size
-    if per_rank % args.num_minibatches:
-        raise ValueError(f"--num-minibatches {args.num_minibatches} must divide the {per_rank} responses per rank")
-    if args.micro_batch_size < 1:
-        raise ValueError(f"--micro-batch-size must be >= 1, got {args.micro_batch_size}")
-    if args.era and not args.omega_low < args.omega_high:  # ERA
-        raise ValueError(f"--omega-low ({args.omega_low}) must be < --omega-high ({args.omega_high})")  # ERA
-    if args.era and not args.era_k > 1:  # ERA
-        raise ValueError(f"--era-k must be > 1, got {args.era_k}")  # ERA
-    if args.era and not 0 < args.era_top_frac <= 1:  # ERA
-        raise ValueError(f"--era-top-frac must be in (0, 1], got {args.era_top_frac}")  # ERA
-    if not (0 <= args.clip_low <= 1 and args.clip_high >= 0):
-        raise ValueError(f"--clip-low must be in [0, 1] and --clip-high >= 0, got {args.clip_low}, {args.clip_high}")
-    if args.beta < 0 or args.temperature <= 0 or args.learning_rate <= 0:
-        raise ValueError("--beta must be >= 0, --temperature and --learning-rate > 0")
-    if args.total_steps < 1 or args.eval_num_samples < 1:
-        raise ValueError("--total-steps and --eval-num-samples must be >= 1")
-    if args.eval_only and args.model_name == "tiny" and args.resume is None:
-        print("note: --eval-only on an untrained `tiny` model: every score will be ~0")
-    if args.use_vllm:
-        try:
-            import vllm  # noqa: F401
-        except ImportError:
-            raise ValueError("--use-vllm needs the vllm package (pip install vllm)") from None
-        if world_size > 1 or args.model_name == "tiny":
-            raise ValueError("--use-vllm supports a single process with a hub/local model")
-    for path in args.eval_sampled_sets + args.eval_greedy_sets:
-        if not os.path.exists(path):
-            raise ValueError(f"evaluation set {path} does not exist")
-    if args.dataset.endswith((".jsonl", ".json", ".parquet")) and not os.path.exists(args.dataset):
-        raise ValueError(f"--dataset {args.dataset} does not exist")
-
-
-def main(args, reward_fn: Optional[Callable[[str, object], bool]] = None):
-    """Train (or evaluate). `reward_fn(completion_text, answer) -> bool` is the hook for other tasks.
-    Returns the last logged scalars (a dict), on rank 0."""
-    distributed = "RANK" in os.environ
-    rank = int(os.environ.get("RANK", 0))
+def main(args):
     world_size = int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    check_args(args, world_size)
+    distributed = world_size > 1  # under torchrun: FSDP2 over the ranks; else one process on one device (as nanoGPT)
+    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    checkpoint_ = None
+    try:
+        if args.resume:
+            args, checkpoint_ = load_checkpoint(args)
+        check_args(args, world_size)
+        rows = [] if args.eval_only or args.dataset == "parity" else read_rows(args.dataset, args.dataset_split)
+        problems, answers = ([f"{d}=" for d in range(10)], list(range(10))) if args.dataset == "parity" else (
+            load_problems(rows, args.dataset, args.prompt_field, args.answer_field) if rows else ([], []))
+        texts = [json.dumps(r, ensure_ascii=False) for p in args.eval_sampled_sets + args.eval_greedy_sets
+                 for r in read_rows(p)] + [json.dumps(r, ensure_ascii=False) for r in rows]
+        vocab_chars = PARITY_CHARS + "".join(sorted({c for t in texts for c in t}))  # `tiny`: one token per character
+        source = os.path.join(os.path.dirname(args.resume), checkpoint_["policy"]) if checkpoint_ else args.model_name
+        tokenizer = make_tokenizer(source, vocab_chars)
+        prompts = problems if args.dataset == "parity" else [format_prompt(p, tokenizer, args) for p in problems]
+        if prompts and args.dataset != "parity":
+            check_answer_format(prompts, args, args.dataset)
+        config = make_config(source, len(tokenizer))
+        max_new_tokens = args.max_new_tokens or (2 if args.dataset == "parity" else 1024)
+        plan, params = memory_plan(config, args, world_size, max_new_tokens)
+    except ValueError as e:
+        fail(e)
     use_cuda = args.cuda and torch.cuda.is_available()
     device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if rank == 0 and (use_cuda or args.dry_run):
+        print(f"memory plan per GPU ({params / 1e9:.2f}B parameters, {world_size} GPU(s)): " + ", ".join(
+            f"{k} {v:.1f}" for k, v in plan.items()) + f"; total {sum(plan.values()):.1f} GB")
+    if args.dry_run:
+        return plan
+    if use_cuda and sum(plan.values()) > torch.cuda.get_device_properties(device).total_memory / 2 ** 30:
+        fail(f"--micro-batch-size: the memory plan needs {sum(plan.values()):.1f} GB per GPU, more than cuda:{local_rank} "
+             f"has; lower --micro-batch-size, --generation-batch-size or --max-new-tokens, or use more GPUs")
     if distributed:
         if use_cuda:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    is_main = rank == 0
-
-    # Task
-    if args.eval_only:  # no training data needed
-        problems, answers, max_new_tokens, vocab_chars = [], [], 0, ""
-    elif args.dataset == "parity":
-        problems, answers = [f"{d}=" for d in range(10)], list(range(10))
-        reward_fn = reward_fn or parity_reward
-        max_new_tokens = args.max_new_tokens or 2
-        vocab_chars = PARITY_CHARS
-    else:
-        problems, answers = load_problems(args.dataset, args, args.dataset_split, args.prompt_field)
-        reward_fn = reward_fn or math_reward
-        max_new_tokens = args.max_new_tokens or 1024
-        vocab_chars = "".join(sorted({c for p in problems + answers for c in json.dumps(p, ensure_ascii=False)}))
-    ckpt = torch.load(args.resume, map_location="cpu", weights_only=False) if args.resume else None
-    if ckpt is not None and ckpt.get("vocab_chars") is not None:
-        vocab_chars = ckpt["vocab_chars"]  # the tiny tokenizer must match the checkpoint's embedding
-    if args.model_name == "tiny":
-        for p in args.eval_sampled_sets + args.eval_greedy_sets:
-            if ckpt is None:
-                vocab_chars += "".join(sorted({c for r in read_rows(p) for c in json.dumps(r, ensure_ascii=False)}))
-
-    exp_name = args.exp_name if args.era else args.exp_name + "_noera"  # ERA
-    data_name = "eval_" + os.path.basename(args.model_name) if args.eval_only else os.path.basename(args.dataset)
-    run_name = f"{data_name}__{exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join(args.runs_dir, run_name)
-    if args.resume and not args.eval_only:
-        run_dir = os.path.dirname(os.path.abspath(args.resume))  # continue logging in the same run
+    args.exp_name += "" if args.era else "_noera"  # ERA
+    data_name = "eval_" + os.path.basename(source) if args.eval_only else os.path.splitext(os.path.basename(args.dataset))[0]
+    run_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else os.path.join(
+        args.runs_dir, f"{data_name}__{args.exp_name}__{args.seed}__{int(time.time())}")
     writer = None
-    if is_main:
-        writer = SummaryWriter(run_dir)
-        table = "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items())
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
+    if rank == 0:
+        if args.track:
+            import wandb
+            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
+                       name=os.path.basename(run_dir), id=os.path.basename(run_dir), resume="allow", save_code=True)
+        writer = SummaryWriter(run_dir, purge_step=checkpoint_["global_step"] + 1 if checkpoint_ else None)
+        if checkpoint_ is None:
+            writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
 
+    # TRY NOT TO MODIFY: seeding
     random.seed(args.seed + rank)
     np.random.seed(args.seed + rank)
-    torch.manual_seed(args.seed + rank)  # different samples on every rank
-    torch.use_deterministic_algorithms(args.torch_deterministic, warn_only=use_cuda)
-    data_rng = np.random.default_rng(args.seed)  # same prompt order on every rank
+    torch.manual_seed(args.seed + rank)
+    torch.use_deterministic_algorithms(args.torch_deterministic, warn_only=True)
+    data_rng = np.random.default_rng(args.seed)  # the same prompts on every rank
 
-    model, tokenizer = make_model(args, vocab_chars)
-    model.to(device)
-    if use_cuda and args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    ref_model = None
-    if args.beta > 0:
-        ref_model, _ = make_model(args, vocab_chars)
-        ref_model.to(device).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    # the policy (and the frozen reference): float32 master weights; FSDP2 shards them per decoder layer, then the rest
+    models = [make_model(source, config, args.seed)] + ([make_model(args.model_name, config, args.seed)] if args.beta else [])
+    for m in models:
+        if use_cuda and args.gradient_checkpointing:
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        for layer in m.model.layers:
+            if args.compile:
+                layer.compile()
+            if distributed:  # bf16 compute, gradients reduced in fp32 (on CUDA with --bf16)
+                mp = MixedPrecisionPolicy(torch.bfloat16, torch.float32) if use_cuda and args.bf16 else MixedPrecisionPolicy()
+                fully_shard(layer, mp_policy=mp)
+        fully_shard(m, mp_policy=mp) if distributed else m.to(device)
+    model, ref_model = models[0], (models[1] if args.beta else None)
+    if ref_model is not None:
+        ref_model.requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)  # sharded
     global_step = 0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        if not args.eval_only:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            global_step = ckpt["global_step"]
-            data_rng.bit_generator.state = ckpt["data_rng"]
-            rng = ckpt["rng"][rank] if rank < len(ckpt["rng"]) else None
-            if rng is not None:
-                random.setstate(rng["python"])
-                np.random.set_state(rng["numpy"])
-                torch.set_rng_state(rng["torch"])
-                if use_cuda and rng.get("cuda") is not None:
-                    torch.cuda.set_rng_state(rng["cuda"], device)
-    raw_model = model
-    if distributed:
-        model = DDP(model, device_ids=[local_rank] if use_cuda else None)
+    if checkpoint_:
+        set_optimizer_state_dict(model, optimizer, checkpoint_["optimizer"], options=StateDictOptions(full_state_dict=True))
+        global_step = checkpoint_["global_step"]
+        data_rng.bit_generator.state = checkpoint_["data_rng"]
+        set_rng_state(checkpoint_["rng"][min(rank, len(checkpoint_["rng"]) - 1)])
 
     if args.eval_only:
-        results = evaluate(raw_model, tokenizer, args, device, rank, world_size)
-        if is_main:
-            for k, v in results.items():
+        results = evaluate(model, tokenizer, args, device, global_step)
+        for k, v in results.items():
+            if rank == 0:
                 print(f"{k}: {v:.4f}")
                 writer.add_scalar(k, v, global_step)
-            writer.close()
-        if distributed:
-            dist.destroy_process_group()
+        writer.close() if rank == 0 else None
         return results
 
-    llm = None
-    if args.use_vllm:
-        from vllm import LLM, SamplingParams
+    stop = []  # the first SIGINT/SIGTERM: finish this optimizer step, save, exit 128 + signal; a second one stops at once
 
-        llm = LLM(model=args.model_name, gpu_memory_utilization=0.3, dtype="bfloat16")
+    def request_stop(signum, frame):
+        stop.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
-    def save_checkpoint(gather=True):
-        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state(device) if use_cuda else None}
-        rngs = [rng]
-        if distributed and gather:
-            rngs = [None] * world_size
-            dist.all_gather_object(rngs, rng)
-        if is_main:
-            path = os.path.join(run_dir, "checkpoint.pt")
-            torch.save({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "global_step": global_step, "data_rng": data_rng.bit_generator.state, "rng": rngs,
-                        "args": asdict(args), "vocab_chars": vocab_chars if args.model_name == "tiny" else None},
-                       path + ".tmp")
-            os.replace(path + ".tmp", path)
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    n, per_rank, vllm_engine, stopped = args.num_generations, args.batch_size // args.num_generations // world_size, [], 0
+    head, ref_head = model.get_output_embeddings(), ref_model.get_output_embeddings() if ref_model else None
+    while global_step < args.total_steps:
+        step_before, t0 = global_step, time.time()
+        # ALGO LOGIC: rollouts. Every rank draws the same prompts and samples its share of them; with dynamic sampling
+        # (DAPO), prompts are drawn again until every kept group has rewards that differ
+        kept, spare, rounds = [], [], 0
+        while True:
+            chosen = data_rng.integers(0, len(prompts), size=per_rank * world_size)[rank * per_rank: (rank + 1) * per_rank]
+            groups = rollout(model, tokenizer, [prompts[i] for i in chosen], [answers[i] for i in chosen], args,
+                             max_new_tokens, device, (args.seed, global_step, rounds), vllm_engine)
+            if rounds == 0:
+                first = groups  # the policy's own statistics: the first round's groups
+            rounds += 1
+            for g in groups:
+                (kept if not args.dynamic_sampling or len(set(g[2])) > 1 else spare).append(g)
+            if not args.dynamic_sampling or rounds == MAX_SAMPLING_ROUNDS or not global_sum(
+                    [len(kept) < per_rank], distributed)[0]:
+                break
+        groups = (kept + spare)[:per_rank]  # spare (zero-variance) groups fill a batch only after the last round
+        rewards = torch.tensor([float(c) for g in groups for c in g[2]], device=device)
+        rewards = rewards * 2 - 1 if args.reward_type == "pm1" else rewards
+        r_sum, r2_sum, count = global_sum([rewards.sum().item(), (rewards ** 2).sum().item(), len(rewards)], distributed)
+        advantages = group_advantages(rewards, n, args.scale_rewards, math.sqrt(max(r2_sum - r_sum ** 2 / count, 0) / max(count - 1, 1)))
+        batch = pad_batch([g[0] for g in groups for _ in range(n)], [r for g in groups for r in g[1]], tokenizer.pad_token_id, device)
+        response_mask, (B, R) = batch[3], batch[3].shape
+        t_rollout = time.time() - t0
 
-    prompts_per_rank = args.batch_size // args.num_generations // world_size
-    n_gen = args.num_generations
-    progress = tqdm(total=args.total_steps, initial=global_step, disable=not is_main, desc="grpo_era")
-    metrics = {}
-
-    def trained_logprobs(logits, s, e):
-        """Log-probs of responses s:e under the trained policy, and their advantages; with ERA, the policy whose
-        logits (and advantages) era_llm_transform rescaled from the response entropies."""
-        adv = advantages[s:e]
-        if args.era:  # ERA
-            logits, adv = era_llm_transform(logits, resp_entropy[s:e], adv, args.omega_low,  # ERA
-                                            args.omega_high, args.era_k, args.era_scale_advantages)  # ERA
-        return token_logprobs(logits, response[s:e], args.topk_logprobs), adv
-
-    try:
-        while global_step < args.total_steps:
-            t0 = time.time()
-            step_before = global_step
-            # ROLLOUT: the same prompt batch on every rank, each rank samples its own slice
-            chosen = data_rng.integers(0, len(problems), size=prompts_per_rank * world_size)
-            chosen = chosen[rank * prompts_per_rank: (rank + 1) * prompts_per_rank]
-            prompts = [problems[i] if args.dataset == "parity" else format_prompt(problems[i], tokenizer, args)
-                       for i in chosen]
-            if llm is not None:
-                sp = SamplingParams(n=n_gen, temperature=args.temperature, max_tokens=max_new_tokens)
-                outs = llm.generate(prompts, sp, use_tqdm=False)
-                texts = [o.text for r in outs for o in r.outputs]
-                ends = [tokenizer.eos_token if o.finish_reason == "stop" else "" for r in outs for o in r.outputs]
-                enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-                resp = tokenizer([t + e for t, e in zip(texts, ends)], return_tensors="pt", padding=True,
-                                 padding_side="right", add_special_tokens=False).to(device)
-                prompt_ids = enc["input_ids"].repeat_interleave(n_gen, 0)
-                prompt_mask = enc["attention_mask"].repeat_interleave(n_gen, 0)
-                response, response_mask = resp["input_ids"], resp["attention_mask"].bool()
-            else:
-                prompt_ids, prompt_mask, response, response_mask = generate(
-                    raw_model, tokenizer, prompts, n_gen, max_new_tokens, device, args, args.temperature)
-                texts = tokenizer.batch_decode(response.masked_fill(~response_mask, tokenizer.pad_token_id),
-                                               skip_special_tokens=True)
-            correct = torch.tensor([bool(reward_fn(t, answers[i])) for t, i in
-                                    zip(texts, np.repeat(chosen, n_gen))], device=device)
-            rewards = correct.float() * 2 - 1 if args.reward_type == "pm1" else correct.float()
-            advantages = group_advantages(rewards, n_gen, args.scale_rewards)
-            if args.scale_rewards == "batch" and distributed:  # std over the global batch, not the rank's
-                all_rewards = [torch.zeros_like(rewards) for _ in range(world_size)]
-                dist.all_gather(all_rewards, rewards)
-                centred = rewards - rewards.view(-1, n_gen).mean(1).repeat_interleave(n_gen)
-                advantages = centred / (torch.cat(all_rewards).std() + 1e-6)
-            zero_var = rewards.view(-1, n_gen).std(1) == 0
-            keep = torch.ones_like(rewards, dtype=torch.bool)
-            if args.filter_zero_variance:
-                keep = ~zero_var.repeat_interleave(n_gen)
-            loss_mask = response_mask & keep.unsqueeze(1)
-            num_tokens = loss_mask.sum().float()
-            if distributed:
-                dist.all_reduce(num_tokens)
-            num_tokens = num_tokens.clamp(min=1)
-            ok = correct.tolist()
-            distinct = [len({texts[j] for j in range(g * n_gen, (g + 1) * n_gen) if ok[j]})  # distinct correct answers
-                        for g in range(len(chosen))]
-            t_rollout = time.time() - t0
-
-            # TRAINING: token-mean clipped-ratio loss; ERA transforms the logits in every training forward pass
-            B = response.shape[0]
-            mb_size = B // args.num_minibatches
-            micro = [(s, min(s + args.micro_batch_size, B)) for s in range(0, B, args.micro_batch_size)]
-            resp_entropy = torch.zeros(B, device=device)  # top-20 % entropy of the unmodified logits
-            old_logp = torch.zeros(response.shape, device=device)
-            ent_sum = torch.zeros((), device=device)
-            ref_logp = None
-            if args.num_minibatches > 1 or ref_model is not None:  # old log-probs: needed when the policy moves
-                ref_logp = torch.zeros(response.shape, device=device)
-                with torch.no_grad(), autocast(device, args):
-                    for s, e in micro:
-                        mb = (prompt_ids[s:e], prompt_mask[s:e], response[s:e], response_mask[s:e])
-                        logits = response_logits(raw_model, *mb, args.temperature)
-                        ent = token_entropy(logits)
-                        resp_entropy[s:e] = top_entropy_mean(ent, response_mask[s:e], args.era_top_frac)
-                        ent_sum += (ent * response_mask[s:e]).sum()
-                        old_logp[s:e] = trained_logprobs(logits, s, e)[0]
-                        if ref_model is not None:
-                            ref_logits = response_logits(ref_model, *mb, args.temperature)
-                            ref_logp[s:e] = token_logprobs(ref_logits, response[s:e], args.topk_logprobs)
-            stats = torch.zeros(3, device=device)  # loss sum, clipped tokens, kl sum
-            for mb_start in range(0, B, mb_size):
-                mb_micro = [(s, e) for s, e in micro if mb_start <= s < mb_start + mb_size]
-                mb_tokens = loss_mask[mb_start: mb_start + mb_size].sum().float()
-                if distributed:
-                    dist.all_reduce(mb_tokens)
-                mb_tokens = mb_tokens.clamp(min=1)
-                for i, (s, e) in enumerate(mb_micro):
-                    sync = not distributed or i == len(mb_micro) - 1
-                    ctx = model.no_sync() if not sync else contextlib.nullcontext()
-                    with ctx, autocast(device, args):
-                        logits = response_logits(model, prompt_ids[s:e], prompt_mask[s:e], response[s:e],
-                                                 response_mask[s:e], args.temperature)
-                        if args.num_minibatches == 1 and ref_model is None:  # single pass: entropy from here
-                            with torch.no_grad():
-                                ent = token_entropy(logits.detach())
-                                resp_entropy[s:e] = top_entropy_mean(ent, response_mask[s:e], args.era_top_frac)
-                                ent_sum += (ent * response_mask[s:e]).sum()
-                        logp, adv = trained_logprobs(logits, s, e)
-                        old = old_logp[s:e] if args.num_minibatches > 1 or ref_model is not None else logp.detach()
-                        ratio = torch.exp(logp - old)
-                        a = adv.unsqueeze(1)
-                        pg = torch.maximum(-a * ratio, -a * ratio.clamp(1 - args.clip_low, 1 + args.clip_high))
-                        m = loss_mask[s:e].float()
-                        token_loss = pg
-                        if ref_model is not None:
-                            d = ref_logp[s:e] - logp
-                            kl = torch.exp(d) - d - 1  # k3 estimator of KL(π || π_ref)
-                            token_loss = pg + args.beta * kl
-                            stats[2] += (kl.detach() * m).sum()
-                        # token-mean over the global minibatch; DDP averages gradients, hence * world_size
-                        loss = (token_loss * m).sum() / mb_tokens * world_size
-                        loss.backward()
-                    stats[0] += (pg.detach() * m).sum()
-                    r = ratio.detach()
-                    clipped = ((r > 1 + args.clip_high) & (a > 0)) | ((r < 1 - args.clip_low) & (a < 0))
-                    stats[1] += (clipped * m).sum()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                global_step += 1
-                progress.update(1)
-                if args.save_every and global_step % args.save_every == 0:
-                    save_checkpoint()
-                if global_step >= args.total_steps:
-                    break
-            step_time = time.time() - t0
-
-            if global_step // args.log_every > step_before // args.log_every or global_step >= args.total_steps:
-                valid = response_mask.float()
-                local = torch.stack([
-                    stats[0], stats[1], stats[2], ent_sum, valid.sum(), rewards.sum(), (rewards ** 2).sum(),
-                    zero_var.float().sum(), torch.tensor(float(len(chosen)), device=device),
-                    resp_entropy.sum(), torch.tensor(float(B), device=device),
-                    torch.tensor(float(sum(distinct)), device=device), correct.float().sum(),
-                    ((advantages > 0) & (resp_entropy < args.omega_low)).float().sum(),  # ERA: responses sharpened
-                    ((advantages > 0) & (resp_entropy > args.omega_high)).float().sum(),  # ERA: responses flattened
-                ])
-                if distributed:
-                    dist.all_reduce(local)
-                (loss_sum, clipped, kl_sum, ent_total, tokens, r_sum, r2_sum, zv, groups, top_ent, n_resp,
-                 distinct_sum, n_correct, sharpened, flattened) = local.tolist()  # ERA
-                r_mean = r_sum / n_resp
-                metrics = {
-                    "losses/policy_loss": loss_sum / max(tokens, 1),
-                    "losses/clipfrac": clipped / max(tokens, 1),
-                    "losses/grad_norm": grad_norm.item(),
-                    "charts/reward_mean": r_mean,
-                    "charts/reward_std": math.sqrt(max(r2_sum / n_resp - r_mean ** 2, 0.0)),
-                    "charts/accuracy": n_correct / n_resp,
-                    "charts/frac_zero_std_groups": zv / groups,
-                    "charts/token_entropy": ent_total / max(tokens, 1),
-                    "charts/top20_entropy": top_ent / n_resp,
-                    "charts/distinct_correct_per_group": distinct_sum / groups,
-                    "charts/response_length": tokens / n_resp,
-                    "charts/tokens_per_sec": tokens / step_time,
-                    "charts/rollout_time_frac": t_rollout / step_time,
-                    "charts/update_time": step_time - t_rollout,
-                }
+        # ALGO LOGIC: score the rollout without grad, micro-batch by micro-batch: token entropies, and the old (and
+        # reference) log-probs of the policy that is trained, whose inverse temperature ERA rescales per response
+        minibatches = [(s, s + B // args.num_minibatches) for s in range(0, B, B // args.num_minibatches)]
+        micro = [m for s, e in minibatches for m in micro_batches(batch, s, e, args, distributed)]
+        inv_temp = torch.full((B,), 1 / args.temperature, device=device)
+        token_ent, old_logp, ref_logp = (torch.zeros(B, R, device=device) for _ in range(3))
+        resp_entropy = torch.zeros(B, device=device)  # ERA
+        with torch.no_grad(), autocast(device, args):
+            for s, e in micro:
+                mb = trim(batch, s, e)
+                m, r = mb[3], mb[3].shape[1]
+                hidden, tokens = response_states(model, *mb)
+                token_ent[s:e, :r][m] = token_entropy(head, hidden, inv_temp[s:e, None].expand_as(m)[m])
+                if args.era:  # ERA: H from the unmodified logits; the logits of A > 0 responses outside [ω_low, ω_high] x k or / k
+                    resp_entropy[s:e] = top_entropy_mean(token_ent[s:e], response_mask[s:e], args.era_top_frac)  # ERA
+                    rule = advantages[s:e].trunc() if args.era_adv_rule == "official" else advantages[s:e]  # ERA
+                    inv_temp[s:e] = era_llm_transform(inv_temp[s:e, None], resp_entropy[s:e], rule, args.omega_low,  # ERA
+                                                      args.omega_high, args.era_k)[0][:, 0]  # ERA
+                    advantages[s:e] = era_llm_transform(advantages[s:e, None], resp_entropy[s:e], advantages[s:e],  # ERA
+                                                        args.omega_low, args.omega_high, args.era_k, args.era_scale_advantages)[1]  # ERA
+                old_logp[s:e, :r][m] = token_logprobs(head, hidden, tokens, inv_temp[s:e, None].expand_as(m)[m], args.topk_logprobs)
                 if ref_model is not None:
-                    metrics["losses/kl"] = kl_sum / max(tokens, 1)
-                if args.era:  # ERA
-                    metrics["era/frac_sharpened"] = sharpened / n_resp  # ERA
-                    metrics["era/frac_flattened"] = flattened / n_resp  # ERA
-                if is_main:
-                    for k, v in metrics.items():
-                        writer.add_scalar(k, v, global_step)
-                    progress.set_postfix(reward=f"{r_mean:.3f}", ent=f"{metrics['charts/token_entropy']:.3f}")
-            has_eval = bool(args.eval_sampled_sets or args.eval_greedy_sets)
-            if args.eval_every and global_step // args.eval_every > step_before // args.eval_every and has_eval:
-                for k, v in evaluate(raw_model, tokenizer, args, device, rank, world_size).items():
-                    if is_main:
-                        writer.add_scalar(k, v, global_step)
-            if llm is not None:  # push the new weights into the vLLM engine (V0-engine API of vLLM <= 0.10)
-                vllm_model = llm.llm_engine.model_executor.driver_worker.model_runner.model
-                vllm_model.load_weights(raw_model.state_dict().items())
-    except KeyboardInterrupt:
-        if is_main:
-            print(f"interrupted at step {global_step}: saving {run_dir}/checkpoint.pt")
-        save_checkpoint(gather=False)
-        if is_main:
-            writer.close()
-        return metrics
-    except Exception:
-        save_checkpoint(gather=False)  # nothing computed is lost
-        raise
-    save_checkpoint()
-    progress.close()
-    if args.eval_sampled_sets or args.eval_greedy_sets:
-        results = evaluate(raw_model, tokenizer, args, device, rank, world_size)
-        metrics.update(results)
-        if is_main:
-            for k, v in results.items():
-                print(f"{k}: {v:.4f}")
-                writer.add_scalar(k, v, global_step)
-    if is_main:
+                    ref_hidden = response_states(ref_model, *mb)[0]
+                    ref_logp[s:e, :r][m] = token_logprobs(ref_head, ref_hidden, tokens, torch.full_like(ref_hidden[:, 0], 1 / args.temperature), args.topk_logprobs)
+
+        # ALGO LOGIC: the update. Per minibatch, the token-mean clipped-ratio loss over all ranks' tokens, gradients
+        # accumulated over its micro-batches, then one optimizer step
+        stats = torch.zeros(3, device=device)  # policy-loss sum, clipped tokens, KL sum
+        for mb_start, mb_end in minibatches:
+            mb_tokens = global_sum([response_mask[mb_start:mb_end].sum().item()], distributed)[0]
+            for s, e in [(s, e) for s, e in micro if mb_start <= s < mb_end]:
+                mb = trim(batch, s, e)
+                m, r = mb[3], mb[3].shape[1]
+                with autocast(device, args):
+                    hidden, tokens = response_states(model, *mb)
+                    logp = token_logprobs(head, hidden, tokens, inv_temp[s:e, None].expand_as(m)[m], args.topk_logprobs)
+                ratio, a = torch.exp(logp - old_logp[s:e, :r][m]), advantages[s:e, None].expand_as(m)[m]
+                pg = torch.maximum(-a * ratio, -a * ratio.clamp(1 - args.clip_low, 1 + args.clip_high))
+                d = ref_logp[s:e, :r][m] - logp
+                kl = torch.exp(d) - d - 1 if ref_model is not None else torch.zeros_like(pg)  # k3 estimate of KL(π || π_ref)
+                ((pg + args.beta * kl).sum() / mb_tokens * world_size).backward()  # FSDP averages gradients over ranks
+                clipped = ((ratio > 1 + args.clip_high) & (a > 0)) | ((ratio < 1 - args.clip_low) & (a < 0))
+                stats += torch.stack([pg.detach().sum(), clipped.sum(), kl.detach().sum()])
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            global_step += 1
+        step_time = time.time() - t0
+
+        # TRY NOT TO MODIFY: record metrics, evaluate, save at the step boundary
+        if global_step // args.log_every > step_before // args.log_every or global_step >= args.total_steps:
+            correct = [c for g in first for c in g[2]]
+            (loss_sum, clipped, kl_sum, ent_sum, tokens, responses, n_correct, sampled, zero_var, num_groups,
+             distinct) = global_sum(stats.tolist() + [(token_ent * response_mask).sum().item(), response_mask.sum().item(), B,
+                                    sum(correct), len(correct), sum(len(set(g[2])) == 1 for g in first), len(first),
+                                    sum(len({t for t, c in zip(g[3], g[2]) if c}) for g in first)], distributed)
+            low, acc = (-1.0 if args.reward_type == "pm1" else 0.0), n_correct / sampled
+            metrics = {"losses/policy_loss": loss_sum / tokens, "losses/clipfrac": clipped / tokens,
+                       "losses/grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
+                       "charts/reward_mean": low + (1 - low) * acc, "charts/reward_std": (1 - low) * math.sqrt(acc * (1 - acc)),
+                       "charts/accuracy": acc, "charts/frac_zero_std_groups": zero_var / num_groups,
+                       "charts/distinct_correct_per_group": distinct / num_groups, "charts/token_entropy": ent_sum / tokens,
+                       "charts/response_length": tokens / responses, "perf/tokens_per_sec": tokens / step_time,
+                       "perf/rollout_time_frac": t_rollout / step_time, "perf/update_time": step_time - t_rollout}
+            if ref_model is not None:
+                metrics["losses/kl"] = kl_sum / tokens
+            if args.dynamic_sampling:
+                metrics["charts/sampling_rounds"] = rounds
+            if args.era:  # ERA
+                h_sum, sharpened, flattened = global_sum([resp_entropy.sum().item(), (inv_temp > 1 / args.temperature).sum().item(),  # ERA
+                                                          (inv_temp < 1 / args.temperature).sum().item()], distributed)  # ERA
+                metrics.update({"charts/top20_entropy": h_sum / responses, "era/frac_sharpened": sharpened / responses,  # ERA
+                                "era/frac_flattened": flattened / responses})  # ERA
+            if rank == 0:
+                for k, v in metrics.items():
+                    writer.add_scalar(k, v, global_step)
+                print(f"step {global_step}: reward {metrics['charts/reward_mean']:.3f}, entropy {metrics['charts/token_entropy']:.3f}")
+        if (args.eval_sampled_sets or args.eval_greedy_sets) and (global_step >= args.total_steps or (
+                args.eval_every and global_step // args.eval_every > step_before // args.eval_every)):
+            for k, v in evaluate(model, tokenizer, args, device, global_step).items():
+                if rank == 0:
+                    print(f"{k}: {v:.4f}")
+                    writer.add_scalar(k, v, global_step)
+        stopped = int(global_sum([stop[0] if stop else 0], distributed, dist.ReduceOp.MAX)[0])  # all ranks stop together
+        if stopped or global_step >= args.total_steps or (args.save_every and global_step // args.save_every > step_before // args.save_every):
+            save_checkpoint(run_dir, global_step, model, tokenizer, optimizer, rank, args=asdict(args), global_step=global_step,
+                            data_rng=data_rng.bit_generator.state)
+        if stopped:
+            break
+
+    if rank == 0:
         writer.close()
+    for s, handler in previous.items():
+        signal.signal(s, handler)
     if distributed:
         dist.destroy_process_group()
-    return metrics
+    if stopped:
+        if rank == 0:
+            print(f"stopped by signal {stopped}: continue with python {SCRIPT} --resume {run_dir}/checkpoint.pt", file=sys.stderr)
+        sys.exit(128 + stopped)
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(parse_args())

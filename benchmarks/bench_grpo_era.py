@@ -1,15 +1,16 @@
-"""Benchmark grpo_era.py on `tiny` + `parity` on CPU: GRPO vs ERA, in one process.
+"""Benchmark grpo_era.py on `tiny` + `parity` on CPU: GRPO vs ERA, through the script's command line only.
 
 1. Learning figures over a few seeds: token entropy, accuracy and distinct correct answers per group of 8 vs
-   optimizer steps (from the tensorboard logs), then a diversity probe of each final policy: 256 samples per
-   prompt digit, the number of distinct correct answers (of 25 possible) and the mean entropy of the two
-   answer tokens.
-2. ERA's extra time per update: both variants run the same short job, interleaved, several times; the
-   median of the logged update-phase time (`charts/update_time`, rollout excluded) is compared.
+   optimizer steps (from the tensorboard logs), then a diversity probe of each final policy (its saved
+   policy_<step>/ directory, loaded with transformers): 256 samples per prompt digit, the number of distinct correct
+   answers (of 25 possible) and the mean entropy of the two answer tokens.
+2. ERA's extra time per update: both variants run the same short job, interleaved, several times; the median of
+   the logged update-phase time (`perf/update_time`, rollout excluded) is compared.
 
-    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_grpo_era.py --seeds 1 2 3 --total-steps 400
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_grpo_era.py --seeds 1 2 3 --total-steps 500
 """
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,8 +22,7 @@ import torch
 import tyro
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import grpo_era  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass
@@ -47,8 +47,6 @@ class BenchArgs:
     """run part 1 (the learning figures); --no-learning runs only the timings"""
     out_dir: str = ""
     """where the runs go (default: a temporary folder)"""
-    vocab_probe: int = 151936
-    """vocabulary of the head-only timing (Qwen2.5's 151936; 0 skips it)"""
 
 
 def read_scalars(run_dir, tag):
@@ -57,58 +55,36 @@ def read_scalars(run_dir, tag):
     return np.array([e.value for e in acc.Scalars(tag)])
 
 
+def run(bench, out, seed, era, steps, tag=""):
+    """One grpo_era.py run through its command line; returns its run directory and wall time (s)."""
+    runs_dir = os.path.join(out, f"{'era' if era else 'grpo'}{tag}_s{seed}")
+    cmd = [sys.executable, os.path.join(ROOT, "grpo_era.py"), "--no-cuda", "--seed", str(seed),
+           "--era" if era else "--no-era", "--omega-low", str(bench.omega_low), "--total-steps", str(steps),
+           "--learning-rate", str(bench.learning_rate), "--runs-dir", runs_dir, "--save-every", "0"]
+    t0 = time.time()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    (run_dir,) = [os.path.join(runs_dir, d) for d in os.listdir(runs_dir)]
+    return run_dir, time.time() - t0
+
+
 @torch.no_grad()
-def diversity_probe(checkpoint, n):
-    """Distinct correct answers per prompt digit (of 25) and mean entropy of the answer tokens."""
-    args = grpo_era.Args(cuda=False)
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    model, tok = grpo_era.make_model(args, ckpt["vocab_chars"])
-    model.load_state_dict(ckpt["model"])
+def diversity_probe(policy_dir, n):
+    """Distinct correct answers per prompt digit (of 25) and mean entropy of the two answer tokens, sampled from
+    the saved policy at temperature 1 with plain transformers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tok = AutoModelForCausalLM.from_pretrained(policy_dir), AutoTokenizer.from_pretrained(policy_dir)
     distinct, entropy = [], []
     for d in range(10):
-        p_ids, p_mask, resp, mask = grpo_era.generate(model, tok, [f"{d}="], n, 2, torch.device("cpu"), args, 1.0)
-        texts = tok.batch_decode(resp.masked_fill(~mask, tok.pad_token_id), skip_special_tokens=True)
-        distinct.append(len({t[:2] for t in texts if grpo_era.parity_reward(t, d)}))
-        ent = grpo_era.token_entropy(grpo_era.response_logits(model, p_ids, p_mask, resp, mask, 1.0))
-        entropy.append((ent * mask).sum().item() / mask.sum().item())
+        prompt = torch.tensor([tok(f"{d}=", add_special_tokens=False)["input_ids"]])
+        out = model.generate(prompt.expand(n, -1), attention_mask=torch.ones(n, prompt.shape[1], dtype=torch.long),
+                             do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=2, min_new_tokens=2,
+                             output_logits=True, return_dict_in_generate=True, pad_token_id=tok.pad_token_id)
+        answers = tok.batch_decode(out.sequences[:, prompt.shape[1]:])
+        distinct.append(len({a for a in answers if a.isdigit() and all(int(c) % 2 == d % 2 for c in a)}))
+        logp = torch.stack(out.logits, 1).log_softmax(-1)
+        entropy.append(-(logp.exp() * logp).sum(-1).mean().item())
     return float(np.mean(distinct)), float(np.mean(entropy))
-
-
-def head_only_times(vocab, tokens=64, repeats=5):
-    """Seconds for the part of a training pass that ERA touches, at a real vocabulary: log-probs (+ entropy and
-    top-20 % entropy, logged by both variants) and backward, without / with the ERA transform. The transformer
-    body is left out, so the ratio over-states ERA's share of a full update."""
-    torch.manual_seed(0)
-    base = torch.randn(2, tokens, vocab) * 3
-    base[0, :, 0] += 60  # a sharp response (H < 0.45) and a flat one (H > 3): both ERA branches fire
-    base[1] *= 0.01
-    tok = torch.randint(0, vocab, (2, tokens))
-    mask = torch.ones(2, tokens, dtype=torch.bool)
-    adv = torch.tensor([1.0, 1.0])
-    out = {False: [], True: []}
-    for _ in range(repeats):
-        for era in (False, True):
-            z = base.clone().requires_grad_(True)
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                h = grpo_era.top_entropy_mean(grpo_era.token_entropy(z), mask, 0.2)
-            logits, a = z, adv
-            if era:
-                logits, a = grpo_era.era_llm_transform(z, h, adv, 0.45, 3.0, 2.0)
-            (-(grpo_era.token_logprobs(logits, tok) * a.unsqueeze(1)).mean()).backward()
-            out[era].append(time.perf_counter() - t0)
-    return np.median(out[False]), np.median(out[True])
-
-
-def run(bench, out, seed, era, steps, tag=""):
-    runs_dir = os.path.join(out, f"{'era' if era else 'grpo'}{tag}_s{seed}")
-    args = grpo_era.Args(cuda=False, seed=seed, era=era, omega_low=bench.omega_low, total_steps=steps,
-                         learning_rate=bench.learning_rate, runs_dir=runs_dir, save_every=0)
-    t0 = time.time()
-    grpo_era.main(args)
-    wall = time.time() - t0
-    (run_dir,) = [os.path.join(runs_dir, d) for d in os.listdir(runs_dir)]
-    return run_dir, wall
 
 
 def print_learning(curves, probes, bench):
@@ -146,7 +122,7 @@ if __name__ == "__main__":
                 name = "ERA" if era else "GRPO"
                 for tag in ("charts/token_entropy", "charts/accuracy", "charts/distinct_correct_per_group"):
                     curves.setdefault((name, tag), []).append(read_scalars(run_dir, tag))
-                probes.setdefault(name, []).append(diversity_probe(os.path.join(run_dir, "checkpoint.pt"),
+                probes.setdefault(name, []).append(diversity_probe(os.path.join(run_dir, f"policy_{bench.total_steps}"),
                                                                    bench.probe_samples))
                 print(f"  seed {seed} {name}: {wall:.0f} s, probe distinct/25 {probes[name][-1][0]:.1f}, "
                       f"entropy {probes[name][-1][1]:.3f}", flush=True)
@@ -158,13 +134,9 @@ if __name__ == "__main__":
         for rep in range(bench.timing_repeats):
             for era in (False, True):
                 run_dir, _ = run(bench, out, 100 + rep, era, bench.timing_steps, tag="_timing")
-                times["ERA" if era else "GRPO"].append(np.median(read_scalars(run_dir, "charts/update_time")[2:]))
+                times["ERA" if era else "GRPO"].append(np.median(read_scalars(run_dir, "perf/update_time")[2:]))
         g, e = np.median(times["GRPO"]), np.median(times["ERA"])
         print(f"\nupdate time per step, tiny model (median of {bench.timing_repeats} interleaved runs x "
               f"{bench.timing_steps} steps): GRPO {1e3 * g:.1f} ms, ERA {1e3 * e:.1f} ms, ratio {e / g:.3f} "
               f"({100 * (e / g - 1):+.1f} %); per run GRPO {np.round(1e3 * np.array(times['GRPO']), 1)} ms, "
               f"ERA {np.round(1e3 * np.array(times['ERA']), 1)} ms")
-    if bench.vocab_probe:
-        g, e = head_only_times(bench.vocab_probe)
-        print(f"head only (2 x 64 tokens, vocab {bench.vocab_probe}; no transformer body): GRPO {1e3 * g:.0f} ms, "
-              f"ERA {1e3 * e:.0f} ms, ratio {e / g:.3f} (upper bound on ERA's share of an update)")
