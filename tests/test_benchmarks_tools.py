@@ -250,3 +250,78 @@ def test_plot_bad_input(tmp_path):
         plot.main([str(tmp_path / "runs"), "--last", "0"])
     with pytest.raises(ValueError, match="no such directory"):
         plot.main([str(tmp_path / "missing")])
+
+
+def write_runpy_run(out, group, variant, seed, tags, wall_s=None, attempts=1, script="ppo_era.py", label=None):
+    """A run as benchmarks/run.py leaves it: run.json, log.txt (one '### ' line per attempt), DONE, runs/<name>/."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    d = out / Path(script).stem / group.replace("/", "_") / variant / f"seed{seed}"
+    (d / "runs").mkdir(parents=True)
+    meta = dict(script=script, variant=variant, seed=seed, group=group.replace("/", "_"), label=label or group, extra=[])
+    (d / "run.json").write_text(json.dumps(meta))
+    (d / "log.txt").write_text("".join(f"\n### 2026-01-01 00:00:0{k} $ python {script}\n" for k in range(attempts)))
+    if wall_s is not None:
+        (d / "DONE").write_text(json.dumps({"returncode": 0, "wall_s": wall_s, "finished": "then"}))
+    w = SummaryWriter(str(d / "runs" / f"{group.replace('/', '_')}__x__{seed}__1"))
+    for tag, (steps, values) in tags.items():
+        for s, v in zip(steps, values):
+            w.add_scalar(tag, v, s)
+    w.close()
+
+
+def test_plot_chosen_curves_two_tags(tmp_path, capsys):
+    """The issue-11 figure: per env, PPO / PPO init σ / ERA pin / ERA floor from four run.py groups and variants,
+    return and entropy side by side, and a table of finals (mean ± std over seeds), n and wall time per run."""
+    rng = np.random.default_rng(1)
+    curves = {"PPO": ("{env}", "baseline"), "PPO init σ": ("{env}-init", "baseline"),
+              "ERA pin": ("{env}", "era"), "ERA floor": ("{env}-floor", "era")}
+    data, walls = {}, {}
+    for env in ("Hopper-v5", "HalfCheetah-v5"):
+        for label, (group, variant) in curves.items():
+            for seed in (1, 2, 3):
+                ret = (np.arange(0, 1100, 100), rng.normal(1000, 200, 11).astype(np.float32))
+                ent = (np.arange(0, 1100 + 50 * seed, 50), rng.normal(0, 1, 22 + seed).astype(np.float32))
+                wall = None if (env, label, seed) == ("Hopper-v5", "ERA floor", 3) else 3600.0 * seed
+                resumed = (env, label, seed) == ("HalfCheetah-v5", "PPO", 2)
+                write_runpy_run(tmp_path / "res", group.format(env=env), variant, seed,
+                                {"eval/episodic_return": ret, "losses/entropy": ent}, wall, 2 if resumed else 1)
+                data[env, label, seed] = {"eval/episodic_return": ret, "losses/entropy": ent}
+                walls[env, label, seed] = wall
+    # another script's runs and an unrelated group under the same root are left out of the figure
+    write_runpy_run(tmp_path / "res", "Hopper-v5-other", "era", 1, {"eval/episodic_return": ([0, 1], [0.0, 1.0])}, 1.0)
+    png = tmp_path / "fig" / "ppo.png"
+    rows = plot.main([str(tmp_path / "res"), "--env", "Hopper-v5", "HalfCheetah-v5",
+                      "--curve", *[f"{label}={g}/{v}" for label, (g, v) in curves.items()],
+                      "--tag", "eval/episodic_return", "losses/entropy", "--out", str(png)])
+    table = png.with_suffix(".md").read_text()
+    assert table in capsys.readouterr().out
+    assert [r["env"] for r in rows] == ["Hopper-v5", "HalfCheetah-v5"]
+    for row in rows:
+        env = row["env"]
+        assert row["labels"] == list(curves)
+        ends = {"eval/episodic_return": 1000, "losses/entropy": 1100}  # entropy: the shortest run (seed 1) ends there
+        for tag, end in ends.items():
+            for label in curves:
+                got = row["tags"][tag][label]
+                want = [float(np.asarray(data[env, label, s][tag][1])[np.asarray(data[env, label, s][tag][0]) <= end][-1])
+                        for s in (1, 2, 3)]
+                assert got["step"] == end and got["n"] == 3
+                assert (got["mean"], got["std"]) == pytest.approx(stats(want), rel=1e-12)
+                assert f"{plot.fmt(got['mean'])} ± {plot.fmt(got['std'])} | {end}" in table
+        for label in curves:
+            done = [walls[env, label, s] / 3600 for s in (1, 2, 3) if walls[env, label, s] is not None]
+            star = "*" if (env, label) == ("HalfCheetah-v5", "PPO") else ""
+            assert row["wall"][label].startswith(f"{np.mean(done):.2f}{star} ({min(done):.2f}–{max(done):.2f})")
+            assert row["unfinished"][label] == (1 if (env, label) == ("Hopper-v5", "ERA floor") else 0)
+    assert "| Hopper-v5 | ERA floor | 3 (1 unfinished) |" in table and "| HalfCheetah-v5 | PPO | 3 | " in table
+    assert "| 2.00* (1.00–3.00) |" in table and "| 1.50 (1.00–2.00) |" in table
+    img = Image.open(png)  # 2 envs x 2 tags
+    assert img.size[0] >= 1200 and img.size[1] >= 800 and np.asarray(img.convert("L")).std() > 10
+
+    for bad, match in [(["--curve", "PPO={env}/baseline"], "name the envs with --env"),
+                       (["--env", "Hopper-v5"], "--env needs --curve"),
+                       (["--curve", "PPO=Hopper-v5"], "expected LABEL=GROUP/VARIANT"),
+                       (["--curve", "PPO=Walker2d-v5/baseline"], r"no such runs \(found: HalfCheetah-v5-floor/era")]:
+        with pytest.raises(ValueError, match=match):
+            plot.main([str(tmp_path / "res"), "--out", str(tmp_path / "bad.png"), *bad])
