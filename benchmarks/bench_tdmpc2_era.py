@@ -1,148 +1,152 @@
-"""Benchmark tdmpc2_era.py: ERA vs TD-MPC2 (--no-era) in one process.
+"""Benchmark tdmpc2_era.py through its command line only: speed of ERA vs TD-MPC2, and the entropy of both priors.
 
-    python benchmarks/bench_tdmpc2_era.py                      # time per update and per planned action
-    python benchmarks/bench_tdmpc2_era.py --learn-steps 4000   # plus a short learning run of both variants
+    python benchmarks/bench_tdmpc2_era.py speed                        # agent steps / s, ERA vs --no-era
+    python benchmarks/bench_tdmpc2_era.py speed --variants era era-compile --rounds 3
+    python benchmarks/bench_tdmpc2_era.py speed --script old.py --variants era   # another version of the script
+    python benchmarks/bench_tdmpc2_era.py entropy --out docs/results/tdmpc2_entropy   # CSV + PNG of both priors
 
-Timing: the same world-model sizes, buffer contents and seeds for both variants; ERA and baseline are
-measured in alternating rounds so that load from other processes hits both alike; the median round counts.
-Learning: `tdmpc2_era.main` on --env-id for each variant in turn, eval/episodic_return read back from the
-event files and printed as a table of return vs agent steps.
+`speed` runs each variant in turn, `--rounds` times (alternating, so that load from other processes hits every
+variant alike), each run a fresh process with the same flags, and reports medians: the agent steps per second
+after the burst of seed updates (from the logged `charts/SPS`), the CPU seconds of the whole process, and its
+wall time. `entropy` runs ERA and --no-era once each and writes `charts/policy_entropy`, `charts/action_std`,
+`charts/era_entropy_bound` and `eval/episodic_return` side by side.
 """
+import csv
 import os
+import resource
+import shlex
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Literal, Optional, Tuple
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import torch  # noqa: E402
-import tyro  # noqa: E402
+import tyro
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import tdmpc2_era as T  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = {"era": [], "noera": ["--no-era"], "era-compile": ["--compile"], "noera-compile": ["--no-era", "--compile"]}
+SPEED = ["--env-id", "dm_control/cartpole-swingup-v0", "--model-size", "1", "--episode-length", "100", "--seed-steps",
+         "100", "--total-timesteps", "200", "--eval-every", "0", "--save-every", "0", "--log-every", "10"]
+ENTROPY = ["--env-id", "dm_control/walker-walk-v0", "--model-size", "1", "--mlp-dim", "128", "--latent-dim", "64",
+           "--num-samples", "128", "--num-elites", "16", "--num-pi-trajs", "8", "--iterations", "4",
+           "--seed-steps", "1000", "--total-timesteps", "6000", "--eval-every", "2000", "--eval-episodes", "2",
+           "--log-every", "100", "--save-every", "1000"]
 
 
 @dataclass
-class BenchArgs:
-    model_size: int = 5
-    """world-model preset timed"""
-    obs_dim: int = 223
-    """observation size of the timed model (223, 38: dm_control dog)"""
-    act_dim: int = 38
-    """action size of the timed model"""
-    updates: int = 5
-    """updates per round"""
-    actions: int = 3
-    """planned actions per round"""
-    rounds: int = 5
-    """alternating ERA/baseline rounds"""
-    threads: int = 1
-    """torch threads"""
-    cuda: bool = False
-    """time on CUDA"""
-    timing: bool = True
-    """run the timing part"""
-    learn_steps: int = 0
-    """agent steps of the learning run per variant (0: no learning run)"""
-    env_id: str = "dm_control/cartpole-swingup-v0"
-    """task of the learning run"""
-    learn_model_size: int = 1
-    """model size of the learning run"""
-    learn_seed_steps: Optional[int] = 1000
-    """seed steps of the learning run (None: the official max(1000, 5 x episode length))"""
-    learn_eval_every: int = 500
-    """eval period of the learning run (agent steps)"""
-    learn_eval_episodes: int = 2
-    """eval episodes per evaluation"""
-    runs_dir: str = "runs_bench"
-    """where the learning runs write"""
+class Args:
+    mode: tyro.conf.Positional[Literal["speed", "entropy"]] = "speed"
+    """speed: agent steps per second; entropy: one run per variant, the priors' entropies as CSV + PNG"""
+    script: str = str(ROOT / "tdmpc2_era.py")
+    """the script to run (another version of tdmpc2_era.py, e.g. from `git show <rev>:tdmpc2_era.py`, works too)"""
+    variants: Tuple[str, ...] = ("era", "noera")
+    """speed: which of era, noera, era-compile, noera-compile"""
+    rounds: int = 3
+    """speed: runs of each variant, alternating"""
+    flags: Optional[str] = None
+    """the script's flags (default: a 200-step cartpole-swingup run for speed, a walker-walk run for entropy)"""
+    extra: List[str] = field(default_factory=list)
+    """flags appended to the defaults, e.g. --extra=--no-mpc"""
     seed: int = 1
-    """seed"""
+    """seed of every run"""
+    threads: int = 1
+    """OMP_NUM_THREADS of every run"""
+    runs_dir: Optional[str] = None
+    """where the runs write (default: a temporary directory)"""
+    out: str = "tdmpc2_entropy"
+    """entropy: write OUT.csv and OUT.png"""
 
 
-def time_variants(b):
-    device = torch.device("cuda" if b.cuda else "cpu")
-    agents, buffers = {}, {}
-    for era in (True, False):
-        args = T.Args(model_size=b.model_size, era=era, cuda=b.cuda, seed=b.seed)
-        T.check_args(args)
-        torch.manual_seed(b.seed)
-        agents[era] = T.Agent(b.obs_dim, b.act_dim, args, device, 0.99)
-        buf = T.EpisodeBuffer(5, 500, b.obs_dim, b.act_dim, args, device)
-        g = torch.Generator().manual_seed(b.seed)
-        buf.obs.normal_(generator=g)
-        buf.action.uniform_(-1, 1, generator=g)
-        buf.reward.uniform_(0, 1, generator=g)
-        buf.num_eps = 4
-        buffers[era] = buf
-    obs = torch.randn(b.obs_dim, device=device)
-    sync = torch.cuda.synchronize if b.cuda else (lambda: None)
-
-    def run(era):
-        ag = agents[era]
-        w0, c0 = time.perf_counter(), time.process_time()
-        for _ in range(b.updates):
-            info = ag.update(buffers[era])
-        info["total_loss"].item()
-        sync()
-        w1, c1 = time.perf_counter(), time.process_time()
-        for i in range(b.actions):
-            ag.act(obs, t0=i == 0).cpu()
-        sync()
-        w2, c2 = time.perf_counter(), time.process_time()
-        return dict(update_wall=(w1 - w0) / b.updates, update_cpu=(c1 - c0) / b.updates,
-                    plan_wall=(w2 - w1) / b.actions, plan_cpu=(c2 - c1) / b.actions)
-
-    for era in (True, False):  # warm-up
-        run(era)
-    res = {True: [], False: []}
-    for _ in range(b.rounds):
-        for era in (True, False):
-            res[era].append(run(era))
-    out = {era: {k: statistics.median(r[k] for r in res[era]) for k in res[era][0]} for era in (True, False)}
-    name = {True: "ERA", False: "TD-MPC2"}
-    print(f"model size {b.model_size}, obs {b.obs_dim}, actions {b.act_dim}, device {device}, "
-          f"threads {torch.get_num_threads()}, {agents[True].iterations} MPPI iterations, median of {b.rounds} "
-          f"alternating rounds ({b.updates} updates + {b.actions} planned actions each); ms, wall / process CPU")
-    for era in (True, False):
-        o = out[era]
-        print(f"  {name[era]:8s} update {o['update_wall'] * 1e3:8.2f} / {o['update_cpu'] * 1e3:8.2f}   "
-              f"planned action {o['plan_wall'] * 1e3:8.2f} / {o['plan_cpu'] * 1e3:8.2f}")
-    r = {k: out[True][k] / out[False][k] for k in out[True]}
-    print(f"  ratio ERA/TD-MPC2: update {r['update_wall']:.3f} (cpu {r['update_cpu']:.3f}), "
-          f"planned action {r['plan_wall']:.3f} (cpu {r['plan_cpu']:.3f})", flush=True)
-    return out
+def run(b, flags, runs_dir):
+    """Run the script once; (its run directory, wall seconds, CPU seconds)."""
+    cmd = [sys.executable, b.script, *flags, "--seed", str(b.seed), "--runs-dir", str(runs_dir)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(b.threads), MKL_NUM_THREADS=str(b.threads), PYTHONUNBUFFERED="1")
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall, after = time.time() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        sys.exit(f"failed ({proc.returncode}): {shlex.join(cmd)}\n{proc.stderr[-3000:]}")
+    dirs = sorted({p.parent for p in Path(runs_dir).rglob("events.out.tfevents.*")}, key=os.path.getmtime)
+    return dirs[-1], wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
 
-def read_eval(run_dir):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    acc = EventAccumulator(run_dir)
+def scalars(run_dir):
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
-    return [(e.step, e.value) for e in acc.Scalars("eval/episodic_return")]
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-def learn(b):
-    curves = {}
-    for era in (True, False):
-        args = T.Args(env_id=b.env_id, model_size=b.learn_model_size, era=era, cuda=b.cuda, seed=b.seed,
-                      total_timesteps=b.learn_steps, seed_steps=b.learn_seed_steps, eval_every=b.learn_eval_every,
-                      eval_episodes=b.learn_eval_episodes, runs_dir=b.runs_dir, save_every=0, log_every=250)
-        t0 = time.time()
-        run_dir = T.main(args)
-        curves[era] = read_eval(run_dir)
-        print(f"{'ERA' if era else 'TD-MPC2'}: {b.learn_steps} agent steps in {time.time() - t0:.0f} s, {run_dir}",
-              flush=True)
-    print(f"\n{b.env_id}, model size {b.learn_model_size}: eval return (mean of {b.learn_eval_episodes} episodes)")
-    print(f"{'agent steps':>12s} {'env steps':>10s} {'ERA':>8s} {'TD-MPC2':>8s}")
-    base = dict(curves[False])
-    for step, ret in curves[True]:
-        print(f"{step:12d} {2 * step:10d} {ret:8.1f} {base.get(step, float('nan')):8.1f}")
+def steady_sps(sps):
+    """Agent steps per second between the first logged SPS (right after the burst) and the last one.
+
+    charts/SPS at step s is s / (seconds since the start), so the time at s is s / SPS(s)."""
+    (s0, v0), (s1, v1) = sps[0], sps[-1]
+    return (s1 - s0) / (s1 / v1 - s0 / v0)
+
+
+def speed(b):
+    flags = shlex.split(b.flags) if b.flags else SPEED
+    results = {v: [] for v in b.variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(b.rounds):
+            for v in b.variants:
+                run_dir, wall, cpu = run(b, [*flags, *b.extra, *VARIANTS[v]], Path(b.runs_dir or tmp) / f"{v}-{r}")
+                sps = scalars(run_dir)["charts/SPS"]
+                results[v].append((steady_sps(sps), cpu, wall))
+                print(f"round {r + 1} {v:14s} {results[v][-1][0]:6.2f} agent steps/s after the burst, "
+                      f"{cpu:6.1f} CPU s, {wall:6.1f} wall s", flush=True)
+    print(f"\n{Path(b.script).name} {shlex.join([*flags, *b.extra])}, OMP_NUM_THREADS={b.threads}, median of "
+          f"{b.rounds} alternating rounds\n\n| variant | agent steps/s after the burst | CPU s per run | wall s per run |"
+          "\n|---|---|---|---|")
+    for v, res in results.items():
+        med = [statistics.median(x[i] for x in res) for i in range(3)]
+        print(f"| {v} | {med[0]:.2f} | {med[1]:.1f} | {med[2]:.1f} |")
+
+
+def entropy(b):
+    flags = shlex.split(b.flags) if b.flags else ENTROPY
+    logs, walls = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for v in ("era", "noera"):
+            run_dir, walls[v], cpu = run(b, [*flags, *b.extra, *VARIANTS[v]], Path(b.runs_dir or tmp) / v)
+            logs[v] = scalars(run_dir)
+            print(f"{v}: {walls[v]:.0f} s wall, {cpu:.0f} CPU s, {run_dir}", flush=True)
+    bound = logs["era"]["charts/era_entropy_bound"][0][1]
+    tags = ("charts/policy_entropy", "charts/action_std", "eval/episodic_return")
+    rows = sorted({s for v in logs for t in tags for s, _ in logs[v].get(t, [])})
+    out = Path(b.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "era_entropy_bound", *[f"{v}:{t}" for v in logs for t in tags]])
+        for s in rows:
+            w.writerow([s, bound, *[dict(logs[v].get(t, [])).get(s, "") for v in logs for t in tags]])
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, tag in zip(axes, tags):
+        for v, color in (("era", "tab:red"), ("noera", "tab:blue")):
+            steps, values = zip(*logs[v][tag])
+            ax.plot(steps, values, color=color, label="TD-MPC2-ERA" if v == "era" else "TD-MPC2")
+        if tag == "charts/policy_entropy":
+            ax.axhline(bound, color="k", ls="--", label=f"ERA's guaranteed floor {bound:.2f}")
+        ax.set(title=tag, xlabel="agent steps")
+        ax.legend()
+    fig.suptitle(f"tdmpc2_era.py {shlex.join([*flags, *b.extra])} (seed {b.seed})", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=100)
+    for v in logs:
+        ent = [x for _, x in logs[v]["charts/policy_entropy"]]
+        print(f"{v}: policy_entropy from {ent[0]:.2f} to {ent[-1]:.2f} (min {min(ent):.2f}, bound {bound:.2f}), "
+              f"{sum(x < bound for x in ent)} of {len(ent)} logged values below the bound, wall {walls[v]:.0f} s")
+    print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":
-    b = tyro.cli(BenchArgs)
-    torch.set_num_threads(b.threads)
-    if b.timing:
-        time_variants(b)
-    if b.learn_steps:
-        learn(b)
+    b = tyro.cli(Args)
+    speed(b) if b.mode == "speed" else entropy(b)

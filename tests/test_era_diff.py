@@ -21,7 +21,7 @@ TINY = {
                    "--update-epochs", "2", "--total-timesteps", "256", "--eval-every", "256", "--eval-episodes", "1",
                    "--save-every", "0", "--log-every", "128"],
     "tdmpc2_era.py": ["--env-id", "dm_control/cartpole-balance-v0", "--model-size", "1", "--latent-dim", "16",
-                      "--mlp-dim", "16", "--enc-dim", "16", "--num-samples", "32", "--num-elites", "4",
+                      "--mlp-dim", "16", "--num-samples", "32", "--num-elites", "4",
                       "--num-pi-trajs", "4", "--iterations", "2", "--batch-size", "8", "--episode-length", "20",
                       "--seed-steps", "20", "--total-timesteps", "60", "--eval-every", "40", "--eval-episodes", "1",
                       "--log-every", "5", "--save-every", "0"],
