@@ -72,7 +72,9 @@ def diversity_probe(policy_dir, n):
     """Distinct correct answers per prompt digit (of 25) and mean entropy of the two answer tokens, sampled from
     the saved policy at temperature 1 with plain transformers."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils.logging import disable_progress_bar
 
+    disable_progress_bar()
     model, tok = AutoModelForCausalLM.from_pretrained(policy_dir), AutoTokenizer.from_pretrained(policy_dir)
     distinct, entropy = [], []
     for d in range(10):

@@ -6,11 +6,9 @@ the math helpers and short behaviour checks run in this process.
 import itertools
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -233,7 +231,7 @@ def test_training_logprobs_match_the_sampler():
     model = grpo_era.make_model("tiny", grpo_era.make_config("tiny", len(tok)), 3)
     enc = tok(["abc 12=?", "h=", "dead beef 7=?"], return_tensors="pt", padding=True, add_special_tokens=False)
     torch.manual_seed(0)
-    out = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=6,
+    out = model.generate(enc["input_ids"], attention_mask=enc["attention_mask"], do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=6,
                          num_return_sequences=2, output_logits=True, return_dict_in_generate=True,
                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     sampler = torch.stack(out.logits, 1).log_softmax(-1)
