@@ -1,154 +1,103 @@
-"""Benchmark for resnet_era.py, ERA and the baseline in one process.
+"""What ERA costs in resnet_era.py, measured through its command line only.
 
-1. Training throughput (images/s) of the same network with and without the ERA activation: synthetic batches
-   already on the device (so the data loader does not hide the cost), rounds of ERA and baseline steps
-   alternated, median per round. Target: ERA at most 3 % slower.
-2. Learning on the real scikit-learn digits (offline): test accuracy, NLL, ECE and mean predictive entropy of
-   the baseline, ERA, label smoothing 0.1 and dropout 0.1, over a few seeds (the paper's CIFAR-10 comparison,
-   facts §4.4, in miniature).
+1. End to end: the same short training run with ERA and with --no-era, alternated over rounds; the training images
+   per second of the last epoch (the logged perf/images_per_second: the training loop, data loading included,
+   evaluation excluded), median over rounds. Target: ERA at most 3 % slower.
+2. The activation alone: era_core.softmax_entropy_floor, forward + backward on a [batch, classes] logit tensor, per
+   training step of the baseline (whose time is batch / images per second from part 1).
 
-    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_resnet_era.py --no-cuda
-    python benchmarks/bench_resnet_era.py --arch resnet50 --batch-size 256 --skip-digits   # on a GPU
+    OMP_NUM_THREADS=1 python benchmarks/bench_resnet_era.py --no-cuda                  # CPU: resnet20 on digits
+    python benchmarks/bench_resnet_era.py --arch resnet50-cifar --batch-size 256 -- --dataset cifar10 --amp bf16
+
+Everything after `--` is passed to every run of resnet_era.py, after the benchmark's own flags (the last one wins).
 """
-import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Tuple
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import tyro  # noqa: E402
+import torch
+import tyro
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import resnet_era  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from era_core import softmax_entropy_floor  # noqa: E402  (the shared math module, not the script)
 
 
 @dataclass
 class Args:
     cuda: bool = True
-    """use CUDA when available"""
+    """run on CUDA when available"""
     arch: str = "resnet20"
-    """network for the throughput part"""
+    """--arch of the runs"""
     batch_size: int = 128
-    """batch size for the throughput part"""
-    num_classes: int = 10
-    """classes for the throughput part (ERA's cost grows with the class count: try 1000)"""
-    image_size: int = 32
-    """image side for the throughput part"""
-    steps: int = 10
-    """training steps per timed round"""
-    rounds: int = 5
-    """timed rounds per variant (alternating ERA / baseline)"""
-    compile: bool = False
-    """torch.compile both variants"""
-    skip_timing: bool = False
-    """skip the throughput part"""
-    skip_digits: bool = False
-    """skip the digits learning part"""
-    digits_arch: str = "resnet8"
-    """network for the digits part"""
-    digits_epochs: int = 15
-    """training epochs per digits run"""
-    seeds: int = 3
-    """seeds per digits configuration"""
+    """--batch-size of the runs"""
+    epochs: int = 2
+    """--epochs of each run; the last epoch is timed (the first one warms up)"""
+    train_subset: int = 0
+    """--train-subset of each run (0: the whole training set)"""
+    num_workers: int = 0
+    """--num-workers of the runs"""
+    rounds: int = 3
+    """runs per variant, ERA and baseline alternated"""
+    classes: Tuple[int, ...] = (10, 1000)
+    """class counts for the activation-alone timing"""
 
 
-def throughput(args, device):
-    amp = device.type == "cuda"
-    torch.manual_seed(0)
-    backbone = resnet_era.make_backbone(args.arch, args.num_classes, 0.0)
-    models = {}
-    for name, floor in (("baseline", None), ("era", 0.6)):
-        copy = resnet_era.make_backbone(args.arch, args.num_classes, 0.0)
-        copy.load_state_dict(backbone.state_dict())
-        model = resnet_era.Classifier(copy, floor).to(device, memory_format=torch.channels_last)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        models[name] = (torch.compile(model) if args.compile else model, opt)
-    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
-    x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+def images_per_second(args, era, extra, runs_dir):
+    flags = ["--dataset", "digits", "--arch", args.arch, "--batch-size", args.batch_size, "--epochs", args.epochs,
+             "--train-subset", args.train_subset, "--test-subset", 64, "--num-workers", args.num_workers,
+             "--eval-every", 0, "--save-every", 0, "--log-every", 10**9, "--runs-dir", runs_dir,
+             "--era" if era else "--no-era", "--cuda" if args.cuda else "--no-cuda", *extra]
+    proc = subprocess.run([sys.executable, str(REPO / "resnet_era.py"), *map(str, flags)], capture_output=True,
+                          text=True, cwd=REPO)
+    if proc.returncode != 0:
+        sys.exit(f"resnet_era.py failed:\n{proc.stderr[-3000:]}")
+    (run_dir,) = [p for p in Path(runs_dir).iterdir() if p.is_dir()]
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return events.Scalars("perf/images_per_second")[-1].value
 
-    def round_time(name):
-        model, opt = models[name]
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
 
-    for name in models:  # warm-up (compilation, allocator, cudnn)
-        round_time(name)
-    times = {name: [] for name in models}
-    for _ in range(args.rounds):
-        for name in models:
-            times[name].append(round_time(name))
-    ips = {name: args.steps * args.batch_size / statistics.median(t) for name, t in times.items()}
-    print(f"throughput: {args.arch}, batch {args.batch_size}, {args.num_classes} classes, {args.image_size} px, "
-          f"{device}, {torch.get_num_threads()} threads, amp={amp}, compile={args.compile}")
-    for name in models:
-        print(f"  {name:8s} {ips[name]:9.1f} images/s   (rounds: {', '.join(f'{t:.3f}' for t in times[name])} s)")
-    print(f"  ERA / baseline time per step = {ips['baseline'] / ips['era']:.4f} "
-          f"(ERA is {100 * (ips['baseline'] / ips['era'] - 1):+.2f} % slower; target <= 3 %)")
-
-    # the activation alone, forward + backward, on the same logits shape
-    z = torch.randn(args.batch_size, args.num_classes, device=device, requires_grad=True)
+def activation_ms(batch, classes, device):
+    z = torch.randn(batch, classes, device=device, requires_grad=True)
     for _ in range(3):
-        resnet_era.softmax_entropy_floor(z, 0.6).sum().backward()
+        softmax_entropy_floor(z, 0.6).sum().backward()
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(100):
-        resnet_era.softmax_entropy_floor(z, 0.6).sum().backward()
+        softmax_entropy_floor(z, 0.6).sum().backward()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    era_ms = (time.perf_counter() - start) * 10
-    step_ms = 1000 * statistics.median(times["baseline"]) / args.steps
-    print(f"  softmax_entropy_floor forward+backward alone: {era_ms:.3f} ms/step vs {step_ms:.1f} ms per "
-          f"baseline training step ({100 * era_ms / step_ms:.2f} %)")
+    return (time.perf_counter() - start) * 10
 
 
-def digits(args, cuda):
-    configs = {"baseline": dict(era=False), "ERA H0=0.6": dict(era=True),
-               "label smoothing 0.1": dict(era=False, label_smoothing=0.1), "dropout 0.1": dict(era=False, dropout=0.1)}
-    results = {name: [] for name in configs}
-    with tempfile.TemporaryDirectory() as runs_dir:
-        for seed in range(1, args.seeds + 1):
-            for name, flags in configs.items():
-                run_args = resnet_era.Args(dataset="digits", arch=args.digits_arch, epochs=args.digits_epochs,
-                                           batch_size=64, lr=0.05, warmup_epochs=1, num_workers=0, cuda=cuda,
-                                           seed=seed, runs_dir=runs_dir, log_every=10**9, **flags)
-                start = time.time()
-                metrics = resnet_era.main(run_args)
-                results[name].append(metrics)
-                print(f"digits seed {seed} {name:20s} top-1 {metrics['top1']:.4f} nll {metrics['nll']:.4f} "
-                      f"ece {metrics['ece']:.4f} entropy {metrics['entropy']:.3f} ({time.time() - start:.0f} s)",
-                      flush=True)
-    print(f"\ndigits ({args.digits_arch}, {args.digits_epochs} epochs, 1437 train / 360 test images, "
-          f"{args.seeds} seeds; mean ± std over seeds)")
-    print(f"| method | top-1 % | NLL | ECE % | mean entropy |\n|-|-|-|-|-|")
-    for name, runs in results.items():
-        def cell(key, scale=1.0, digits=3):
-            values = [scale * r[key] for r in runs]
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
-        print(f"| {name} | {cell('top1', 100, 2)} | {cell('nll', 1, 4)} | {cell('ece', 100, 2)} | {cell('entropy')} |")
+def main():
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args, extra = tyro.cli(Args, args=argv[:split]), argv[split + 1:]
+    ips = {"era": [], "baseline": []}
+    for r in range(args.rounds):
+        for variant in ("era", "baseline"):
+            with tempfile.TemporaryDirectory() as runs_dir:
+                ips[variant].append(images_per_second(args, variant == "era", extra, runs_dir))
+            print(f"round {r + 1} {variant:8s} {ips[variant][-1]:9.1f} images/s", flush=True)
+    era, base = statistics.median(ips["era"]), statistics.median(ips["baseline"])
+    print(f"\nresnet_era.py {args.arch}, batch {args.batch_size}, {' '.join(extra) or 'digits'}: median of {args.rounds} "
+          f"rounds: ERA {era:.1f}, baseline {base:.1f} images/s; ERA's time per image is {100 * (base / era - 1):+.2f} %")
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    step_ms = 1000 * args.batch_size / base
+    for classes in args.classes:
+        ms = activation_ms(args.batch_size, classes, device)
+        print(f"softmax_entropy_floor forward + backward, [{args.batch_size}, {classes}] on {device}: {ms:.3f} ms "
+              f"= {100 * ms / step_ms:.2f} % of a baseline training step ({step_ms:.0f} ms)")
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
-    use_cuda = args.cuda and torch.cuda.is_available()
-    if not args.skip_timing:
-        throughput(args, torch.device("cuda" if use_cuda else "cpu"))
-    if not args.skip_digits:
-        digits(args, use_cuda)
+    main()

@@ -25,8 +25,9 @@ TINY = {
                       "--num-pi-trajs", "4", "--iterations", "2", "--batch-size", "8", "--episode-length", "20",
                       "--seed-steps", "20", "--total-timesteps", "60", "--eval-every", "40", "--eval-episodes", "1",
                       "--log-every", "5", "--save-every", "0"],
-    "resnet_era.py": ["--dataset", "fake", "--arch", "resnet8", "--epochs", "1", "--batch-size", "16",
-                      "--train-subset", "64", "--test-subset", "32", "--num-workers", "0", "--log-every", "1"],
+    "resnet_era.py": ["--dataset", "digits", "--arch", "resnet8", "--epochs", "2", "--batch-size", "16",
+                      "--train-subset", "48", "--test-subset", "32", "--num-workers", "0", "--dropout", "0.1",
+                      "--augmentation", "randaugment"],
     "grpo_era.py": ["--model-name", "tiny", "--dataset", "parity", "--total-steps", "2", "--batch-size", "16",
                     "--num-generations", "4", "--learning-rate", "3e-3", "--save-every", "0"],
 }
