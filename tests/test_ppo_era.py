@@ -55,11 +55,9 @@ def test_floor_is_ppo_until_it_binds(tmp_path):
     assert floor.pop("charts/era_target_entropy")[0][1] == pytest.approx(-0.9)
     assert_same_scalars(floor, ppo)
     assert values(ppo, "losses/entropy")[0] == pytest.approx(3 * HALF_LOG_2PI_E, abs=0.05)
-    # started below the floor (log-std -3: -1.58 nats per dimension), PPO-ERA floor sits on it, PPO does not
+    # started below the floor (log-std -3: 3 x -1.58 nats), PPO-ERA floor sits on it (-0.9) while it trains
     _, low_floor = tiny_run(tmp_path, "low_floor", "--era-mode", "floor", "--init-log-std", "-3")
-    _, low_ppo = tiny_run(tmp_path, "low_ppo", "--no-era", "--init-log-std", "-3")
     assert values(low_floor, "losses/entropy") == pytest.approx([-0.9] * 2, abs=1e-5)
-    assert values(low_ppo, "losses/entropy") == pytest.approx([3 * (HALF_LOG_2PI_E - 3)] * 2, abs=0.05)
 
 
 @pytest.mark.parametrize("env_id, vector_env, sig", [("Hopper-v5", "sync", signal.SIGTERM),
@@ -67,8 +65,8 @@ def test_floor_is_ppo_until_it_binds(tmp_path):
 def test_signal_saves_and_resume_is_exact(tmp_path, env_id, vector_env, sig):
     """A signal mid-run: the iteration finishes, checkpoint.pt is written, exit 128 + signal; `--resume PATH` alone
     then logs exactly what an uninterrupted run logs (its sub-envs replay their unfinished episodes)."""
-    flags = ["--env-id", env_id, "--vector-env", vector_env, *TINY, "--total-timesteps", "1280", "--eval-every", "640",
-             "--save-every", "128"]
+    flags = ["--env-id", env_id, "--vector-env", vector_env, *TINY, "--total-timesteps", "1024", "--eval-every",
+             "512" if env_id == "Hopper-v5" else "0", "--save-every", "128"]  # a dm_control evaluation: 1000 steps
     full = run_script(SCRIPT, *flags, "--runs-dir", tmp_path / "full")
     assert full.returncode == 0, full.stderr[-3000:]
     proc = start_script(SCRIPT, *flags, "--runs-dir", tmp_path / "cut")
@@ -77,7 +75,7 @@ def test_signal_saves_and_resume_is_exact(tmp_path, env_id, vector_env, sig):
     checkpoint_path = next((tmp_path / "cut").rglob("checkpoint.pt"))
     assert f"--resume {checkpoint_path}" in err
     checkpoint = torch.load(checkpoint_path, weights_only=False)
-    assert checkpoint["global_step"] < 1280, "the signal came after the end: nothing was resumed"
+    assert checkpoint["global_step"] < 1024, "the signal came after the end: nothing was resumed"
     assert any(len(actions) for _, actions in checkpoint["episodes"])  # an episode was cut and will be replayed
     resumed = run_script(SCRIPT, "--resume", checkpoint_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -99,8 +97,6 @@ def checkpoints(tmp_path_factory):
 @pytest.mark.parametrize("flags, flag", [
     (["--num-minibatches", "5"], "--num-minibatches"),  # does not divide the 128-step batch
     (["--target-entropy-per-dim", "nan"], "--target-entropy-per-dim"),
-    (["--target-entropy-per-dim", "1.5"], "--target-entropy-per-dim"),  # above log sqrt(2 pi e) + log_std_max
-    (["--learning-rate", "inf"], "--learning-rate"),
     (["--era-mode", "ceiling"], "--era-mode"),
     (["--env-id", "CartPole-v1"], "--env-id"),  # discrete actions
     (["--resume", "{tmp}/missing.pt"], "--resume"),
