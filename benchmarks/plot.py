@@ -34,6 +34,7 @@ from tensorboard.util import tensor_util  # noqa: E402
 
 VARIANTS = {"era": ("ERA", "tab:red"), "baseline": ("baseline", "tab:blue")}
 COLORS = ["tab:blue", "tab:orange", "tab:red", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
+STYLES = ["-", "--", "-.", ":"]  # curves that coincide (a floor that never binds is PPO) stay visible
 
 
 @dataclass
@@ -270,7 +271,8 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
             seeds = sorted(panel[key])
             y = np.stack([np.interp(grid, *panel[key][s]) for s in seeds])
             centre, low, high = aggregate(y, args.iqm)
-            ax.plot(grid, centre, color=color, label=f"{label} (n={len(seeds)})")
+            style = STYLES[[c[0] for c in curves].index(key) % len(STYLES)] if args.curve else "-"
+            ax.plot(grid, centre, color=color, linestyle=style, label=f"{label} (n={len(seeds)})")
             ax.fill_between(grid, low, high, color=color, alpha=0.2, linewidth=0)
             f = finals(panel[key], grid[-1], args.last)
             row["curves"][key] = (grid, centre, low, high)
