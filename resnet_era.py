@@ -5,21 +5,25 @@ ERA is one parameter-free step after the network: era_core.softmax_entropy_floor
 softmax has entropy >= --min-entropy for every image and keeps the class ranking; the loss, the predictions and every
 metric use that output. `grep -v "# ERA" resnet_era.py > resnet.py` is the baseline (what --no-era runs).
 
-    python resnet_era.py --dataset cifar10 --arch resnet18-cifar --epochs 200          # 1 GPU or CPU
-    torchrun --nproc-per-node 4 resnet_era.py --dataset imagenet --data-dir /data/imagenet --arch resnet50
-    python resnet_era.py --dataset digits --arch resnet8 --epochs 15 --batch-size 64 --lr 0.05 --warmup-epochs 1 --no-cuda
-    python resnet_era.py --resume runs/<run>/checkpoint.pt                             # continue exactly
+    python resnet_era.py --dataset cifar10                              # recipe cifar: ResNet-50, CIFAR stem, 200 epochs
+    torchrun --nproc-per-node 8 resnet_era.py --dataset imagenet --data-dir /data/imagenet   # recipe imagenet
+    python resnet_era.py --dataset digits --no-cuda                     # recipe small: offline, a minute on a CPU core
+    python resnet_era.py --resume runs/<run>/checkpoint.pt              # continue exactly
+    python resnet_era.py --resume runs/<run>/checkpoint.pt --test-only  # evaluate: the metrics as one JSON line
 """
 import contextlib
 import importlib.util
 import io
+import json
 import math
 import os
+import pickle
 import random
 import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal, Optional
 
 import numpy as np
@@ -57,7 +61,7 @@ class Args:
     runs_dir: str = "runs"
     """tensorboard logs and checkpoint.pt go to {runs_dir}/{run_name}/"""
     resume: Optional[str] = None
-    """continue the run saved in this checkpoint.pt with its own flags (only --epochs and --cuda may be given)"""
+    """continue the run saved in this checkpoint.pt with its own flags (only --epochs, --cuda, --test-only may be given)"""
     save_every: int = 1000
     """write checkpoint.pt every N optimizer steps (0: only at the end and on a signal)"""
     eval_every: int = 1
@@ -66,6 +70,8 @@ class Args:
     """print the training loss every N optimizer steps"""
     compile: bool = False
     """torch.compile the network for training (opt-in)"""
+    test_only: bool = False
+    """with --resume: evaluate that checkpoint on the test set and print the metrics as one JSON line; no training"""
     num_workers: int = 4
     """data-loader processes per torchrun process (0: load in the main process); no batch depends on it"""
 
@@ -78,26 +84,28 @@ class Args:
     """train on the first N training images only (0: all)"""
     test_subset: int = 0
     """evaluate on the first N test images only (0: all)"""
-    arch: Literal["resnet8", "resnet20", "resnet56", "resnet18-cifar", "resnet18", "resnet50"] = "resnet18-cifar"
+    recipe: Literal["auto", "cifar", "imagenet", "small"] = "auto"
+    """presets for the flags below that are not given (auto: cifar for cifar10/100, imagenet, small for digits)"""
+    arch: Optional[Literal["resnet8", "resnet20", "resnet56", "resnet18-cifar", "resnet50-cifar", "resnet18", "resnet50"]] = None
     """resnet8/20/56: He et al.'s CIFAR ResNets; -cifar: 3x3 stride-1 stem, no max-pool; resnet18/50: torchvision's"""
     augmentation: Literal["crop-flip", "randaugment"] = "crop-flip"
     """crop-flip: random crop and flip; randaugment: also RandAugment (2 ops, magnitude 9) and random erasing (p 0.6)"""
-    epochs: int = 200
-    """training epochs (paper: 200)"""
-    batch_size: int = 128
+    epochs: Optional[int] = None
+    """training epochs"""
+    batch_size: Optional[int] = None
     """global batch size, split evenly across torchrun processes"""
-    lr: float = 0.1
-    """peak learning rate of SGD with Nesterov momentum 0.9"""
-    weight_decay: float = 5e-4
-    """weight decay of SGD"""
-    warmup_epochs: int = 5
+    lr: Optional[float] = None
+    """peak learning rate of SGD with Nesterov momentum 0.9 (default: the recipe's lr per 256 images x batch size / 256)"""
+    weight_decay: Optional[float] = None
+    """weight decay of convolution and linear weights (norm weights and biases get none)"""
+    warmup_epochs: Optional[int] = None
     """linear warm-up epochs before the cosine decay to 0 (both per optimizer step)"""
     label_smoothing: float = 0.0
     """label smoothing of the cross-entropy, in [0, 1)"""
     dropout: float = 0.0
     """dropout before the last linear layer, in [0, 1)"""
-    amp: bool = True
-    """mixed precision (float16 autocast and gradient scaling) on CUDA; ignored on CPU"""
+    amp: Literal["fp16", "bf16", "off"] = "fp16"
+    """mixed precision on CUDA: float16 autocast with gradient scaling, or bfloat16 autocast; ignored on CPU"""
 
     # ERA
     era: bool = True  # ERA
@@ -106,13 +114,30 @@ class Args:
     """ERA's entropy floor H0 in nats (official default 0.6); admissible (-0.0597, ln(classes) - 0.0597]"""  # ERA
 
 
+# Presets for the flags not given: the official ERA command's CIFAR-10 numbers, torchvision's ImageNet reference numbers
+# (for 200 epochs, the paper's), and a small one for CPU runs. The learning rate scales linearly with the global batch.
+RECIPES = {
+    "cifar": dict(arch="resnet50-cifar", epochs=200, batch_size=256, lr=0.05, weight_decay=2e-5, warmup_epochs=5),
+    "imagenet": dict(arch="resnet50", epochs=200, batch_size=256, lr=0.1, weight_decay=1e-4, warmup_epochs=5),
+    "small": dict(arch="resnet8", epochs=15, batch_size=64, lr=0.2, weight_decay=5e-4, warmup_epochs=1),
+}
 STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),  # per-channel mean and std of training images
          "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
          "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), "digits": ((0.305,) * 3, (0.324,) * 3)}
 
 
+def apply_recipe(args):
+    """Fill the flags not given (None) from the recipe, whose lr is per 256 images; `args.recipe` gets its name."""
+    if args.recipe == "auto":
+        args.recipe = {"cifar10": "cifar", "cifar100": "cifar", "imagenet": "imagenet"}.get(args.dataset, "small")
+    recipe = RECIPES[args.recipe]
+    for key, value in recipe.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value * args.batch_size / 256 if key == "lr" else value)
+
+
 # TRY NOT TO MODIFY: command line, checkpoints, RNG (the same design in all five scripts: docs/skeleton.md)
-BUDGET = ("epochs", "cuda")  # the only flags that may be given with --resume
+BUDGET = ("epochs", "cuda", "test_only")  # the only flags that may be given with --resume
 
 
 def fail(message):
@@ -155,6 +180,7 @@ def check_args(args):
         *[(k, getattr(args, k) >= 0, ">= 0") for k in ("warmup_epochs", "save_every", "eval_every", "num_workers", "train_subset", "test_subset")],
         ("log_every", args.log_every >= 1, ">= 1"),
         ("track", not args.track or importlib.util.find_spec("wandb"), "off unless wandb is installed (pip install wandb)"),
+        ("test_only", not args.test_only or args.resume, "given with --resume PATH, the checkpoint it evaluates"),
     ]:
         if not ok:
             raise ValueError(f"--{name.replace('_', '-')} must be {allowed}, got {getattr(args, name)}")
@@ -167,7 +193,7 @@ def load_checkpoint(args):
     for name in given:
         if name not in BUDGET:
             raise ValueError(f"--{name.replace('_', '-')} cannot be given with --resume, which continues the run with "
-                             f"its saved flags (only --{' and --'.join(b.replace('_', '-') for b in BUDGET)} may change)")
+                             f"its saved flags (only --{', --'.join(b.replace('_', '-') for b in BUDGET)} may change)")
     try:
         checkpoint = torch.load(args.resume, map_location="cpu", weights_only=False)
     except FileNotFoundError:
@@ -224,6 +250,17 @@ class Keyed(Dataset):
             return self.transform(image), int(label)
 
 
+def load_cifar(args):
+    """CIFAR-10/100 as uint8 tensors, from the pickled batches of the official archive (downloaded if missing)."""
+    folder = Path(args.data_dir, {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[args.dataset])
+    if not folder.is_dir():
+        getattr(torchvision.datasets, args.dataset.upper())(args.data_dir, download=True)  # checks the archive's md5
+    splits = ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]) if args.dataset == "cifar10" else (["train"], ["test"])
+    splits = [[pickle.loads((folder / name).read_bytes(), encoding="latin1") for name in names] for names in splits]
+    return [TensorDataset(torch.from_numpy(np.concatenate([b["data"] for b in split])).view(-1, 3, 32, 32),
+                          torch.tensor([y for b in split for y in b.get("labels", b.get("fine_labels"))])) for split in splits]
+
+
 def load_digits():
     """scikit-learn's 1797 real 8x8 digits, bilinearly upsampled to 3x32x32 uint8; fixed stratified 80/20 split."""
     from sklearn.datasets import load_digits
@@ -244,8 +281,7 @@ def make_datasets(args):
         train_geometry = [v2.RandomResizedCrop(224, antialias=True), v2.RandomHorizontalFlip()]
         test_geometry = [v2.Resize(256, antialias=True), v2.CenterCrop(224)]
     else:  # digits are not mirror-symmetric: no flip
-        cifar = getattr(torchvision.datasets, args.dataset.upper(), None)  # downloaded into --data-dir if missing
-        train, test = load_digits() if args.dataset == "digits" else (cifar(args.data_dir, t, download=True) for t in (True, False))
+        train, test = load_digits() if args.dataset == "digits" else load_cifar(args)
         train_geometry = [v2.RandomCrop(32, padding=4)] + ([] if args.dataset == "digits" else [v2.RandomHorizontalFlip()])
         test_geometry = []
     strong = args.augmentation == "randaugment"
@@ -261,7 +297,8 @@ def ignore_sigint(worker_id):
 
 
 def make_model(arch, num_classes, dropout):
-    """torchvision's ResNet class for every arch (keys conv1, bn1, layer1-4, fc)."""
+    """torchvision's ResNet for every arch: state dicts keep torchvision's keys (conv1, bn1, layer1-4, fc), so resnet18
+    and resnet50 weights load into torchvision.models.resnet18/50 as they are."""
     name = arch.removesuffix("-cifar")
     model = getattr(torchvision.models, name if name in ("resnet18", "resnet50") else "resnet18")(num_classes=num_classes)
     if arch.endswith("-cifar"):  # 32 px images: a 3x3 stride-1 stem and no max-pool keep 32x32 maps in stage 1
@@ -287,8 +324,8 @@ def lr_lambda(step, warmup_steps, total_steps):
 
 @torch.no_grad()
 def evaluate(args, model, loader, device, amp_dtype):
-    """Top-1, top-5, NLL, ECE (15 equal-width confidence bins), mean and min entropy of the output distribution.
-    Each process evaluates its shard; the sums are added."""
+    """Top-1, top-5, NLL, ECE (15 equal-width confidence bins), mean and min entropy of the output distribution, and
+    the bins' [count, sum of confidence, sum of correct]. Each process evaluates its shard; the sums are added."""
     model.eval()
     sums, bins, min_entropy = torch.zeros(5, device=device), torch.zeros(15, 3, device=device), torch.tensor(math.inf, device=device)
     for x, y in loader:
@@ -309,7 +346,7 @@ def evaluate(args, model, loader, device, amp_dtype):
             dist.all_reduce(total, op=op)
     count, top1, top5, nll, entropy = sums.tolist()
     return {"top1": top1 / count, "top5": top5 / count, "nll": nll / count, "ece": (bins[:, 2] - bins[:, 1]).abs().sum().item() / count,
-            "entropy": entropy / count, "min_entropy": min_entropy.item()}
+            "entropy": entropy / count, "min_entropy": min_entropy.item()}, bins.tolist()
 
 
 def main(args):
@@ -317,6 +354,8 @@ def main(args):
         checkpoint = None
         if args.resume:
             args, checkpoint = load_checkpoint(args)
+        else:
+            apply_recipe(args)
         check_args(args)
     except ValueError as e:
         fail(e)
@@ -327,7 +366,10 @@ def main(args):
         torch.cuda.set_device(device)
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    amp_dtype = torch.float16 if args.amp and device.type == "cuda" else None
+    if rank == 0:
+        print(f"recipe {args.recipe} (lr {RECIPES[args.recipe]['lr']} per 256 images; flags given override it): "
+              + " ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in RECIPES[args.recipe]))
+    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.amp) if device.type == "cuda" else None
 
     # TRY NOT TO MODIFY: seeding (process r seeds with seed + r; DDP copies rank 0's initial weights to all)
     random.seed(args.seed + rank)
@@ -350,7 +392,9 @@ def main(args):
     test_loader = DataLoader(test_set, 2 * local_bs, sampler=test_keys, **loader_kw)
 
     model = make_model(args.arch, num_classes_of(args), args.dropout).to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
+    decay = [p for p in model.parameters() if p.ndim > 1]  # no weight decay on norm weights and biases
+    optimizer = torch.optim.SGD([{"params": decay}, {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0}],
+                                lr=args.lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
     total_steps = args.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, args.warmup_epochs * steps_per_epoch, total_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -362,6 +406,11 @@ def main(args):
         global_step, (rng, train_sums) = checkpoint["global_step"], checkpoint["per_rank"][rank]
         set_rng_state(rng)
         train_sums = train_sums.to(device)
+    if args.test_only:
+        metrics, bins = evaluate(args, model, test_loader, device, amp_dtype)
+        if rank == 0:
+            print(json.dumps({**metrics, "epochs": global_step / steps_per_epoch, "bins": bins}))
+        sys.exit(0)
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     net = torch.compile(net) if args.compile else net
 
@@ -425,7 +474,7 @@ def main(args):
                         dist.broadcast(buffer, 0)
                     dist.all_reduce(train_sums)
                 if (args.eval_every and (epoch + 1) % args.eval_every == 0) or epoch + 1 == args.epochs:
-                    metrics = evaluate(args, model, test_loader, device, amp_dtype)
+                    metrics, _ = evaluate(args, model, test_loader, device, amp_dtype)
                 if rank == 0:
                     loss_sum, correct, images = train_sums.tolist()
                     logged = {"train/loss": loss_sum / images, "train/top1": correct / images, **{f"eval/{k}": v for k, v in metrics.items()},
