@@ -101,11 +101,21 @@ def test_bad_input_one_line_exit_2(flags, flag, saved_run, tmp_path):
     assert (line.startswith(f"error: {flag}") or "invalid choice" in line) and not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_saves_and_resume_alone_is_exact(sig, tmp_path):
-    flags = ["--no-cuda", *TINY, "--save-every", "1"]
-    reference = run_script("grpo_era.py", *flags, "--runs-dir", tmp_path / "ref")
+SIGNAL_RUN = ["--no-cuda", *TINY, "--save-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """What the signal tests' run logs when nothing stops it."""
+    runs = tmp_path_factory.mktemp("uninterrupted")
+    reference = run_script("grpo_era.py", *SIGNAL_RUN, "--runs-dir", runs)
     assert reference.returncode == 0, reference.stderr[-3000:]
+    return scalars(only_run_dir(runs))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_and_resume_alone_is_exact(sig, uninterrupted, tmp_path):
+    flags = SIGNAL_RUN
     proc = start_script("grpo_era.py", *flags, "--runs-dir", tmp_path / "cut")
     code, out, err = signal_when(proc, lambda: list((tmp_path / "cut").glob("*/checkpoint.pt")), sig)
     assert code == 128 + sig, err[-3000:]
@@ -115,7 +125,7 @@ def test_signal_saves_and_resume_alone_is_exact(sig, tmp_path):
     assert f"--resume {run_dir}/checkpoint.pt" in err
     resumed = run_script("grpo_era.py", "--resume", run_dir / "checkpoint.pt")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_scalars(scalars(only_run_dir(tmp_path / "ref")), scalars(run_dir))
+    assert_same_scalars(uninterrupted, scalars(run_dir))
     assert sorted(p.name for p in run_dir.glob("policy_*")) == ["policy_4"]
 
 
