@@ -2,11 +2,11 @@
 
     python benchmarks/bench_tdmpc2_era.py speed                        # agent steps / s, ERA vs --no-era
     python benchmarks/bench_tdmpc2_era.py speed --variants era era-compile --rounds 3
-    python benchmarks/bench_tdmpc2_era.py speed --script old.py --variants era   # another version of the script
+    git show d5f2915:tdmpc2_era.py > old.py && python benchmarks/bench_tdmpc2_era.py speed --scripts old.py tdmpc2_era.py
     python benchmarks/bench_tdmpc2_era.py entropy --out docs/results/tdmpc2_entropy   # CSV + PNG of both priors
 
-`speed` runs each variant in turn, `--rounds` times (alternating, so that load from other processes hits every
-variant alike), each run a fresh process with the same flags, and reports medians: the agent steps per second
+`speed` runs each script and variant in turn, `--rounds` times (alternating, so that load from other processes hits
+every one alike), each run a fresh process with the same flags, and reports medians: the agent steps per second
 after the burst of seed updates (from the logged `charts/SPS`), the CPU seconds of the whole process, and its
 wall time. `entropy` runs ERA and --no-era once each and writes `charts/policy_entropy`, `charts/action_std`,
 `charts/era_entropy_bound` and `eval/episodic_return` side by side.
@@ -33,7 +33,7 @@ SPEED = ["--env-id", "dm_control/cartpole-swingup-v0", "--model-size", "1", "--e
          "100", "--total-timesteps", "200", "--eval-every", "0", "--save-every", "0", "--log-every", "10"]
 ENTROPY = ["--env-id", "dm_control/walker-walk-v0", "--model-size", "1", "--mlp-dim", "128", "--latent-dim", "64",
            "--num-samples", "128", "--num-elites", "16", "--num-pi-trajs", "8", "--iterations", "4",
-           "--seed-steps", "1000", "--total-timesteps", "6000", "--eval-every", "2000", "--eval-episodes", "2",
+           "--seed-steps", "1000", "--total-timesteps", "4000", "--eval-every", "4000", "--eval-episodes", "1",
            "--log-every", "100", "--save-every", "1000"]
 
 
@@ -41,9 +41,9 @@ ENTROPY = ["--env-id", "dm_control/walker-walk-v0", "--model-size", "1", "--mlp-
 class Args:
     mode: tyro.conf.Positional[Literal["speed", "entropy"]] = "speed"
     """speed: agent steps per second; entropy: one run per variant, the priors' entropies as CSV + PNG"""
-    script: str = str(ROOT / "tdmpc2_era.py")
-    """the script to run (another version of tdmpc2_era.py, e.g. from `git show <rev>:tdmpc2_era.py`, works too)"""
-    variants: Tuple[str, ...] = ("era", "noera")
+    scripts: Tuple[str, ...] = (str(ROOT / "tdmpc2_era.py"),)
+    """the scripts to run (other versions of tdmpc2_era.py, e.g. from `git show <rev>:tdmpc2_era.py`, work too)"""
+    variants: Tuple[Literal["era", "noera", "era-compile", "noera-compile"], ...] = ("era", "noera")
     """speed: which of era, noera, era-compile, noera-compile"""
     rounds: int = 3
     """speed: runs of each variant, alternating"""
@@ -61,9 +61,9 @@ class Args:
     """entropy: write OUT.csv and OUT.png"""
 
 
-def run(b, flags, runs_dir):
+def run(b, script, flags, runs_dir):
     """Run the script once; (its run directory, wall seconds, CPU seconds)."""
-    cmd = [sys.executable, b.script, *flags, "--seed", str(b.seed), "--runs-dir", str(runs_dir)]
+    cmd = [sys.executable, script, *flags, "--seed", str(b.seed), "--runs-dir", str(runs_dir)]
     env = dict(os.environ, OMP_NUM_THREADS=str(b.threads), MKL_NUM_THREADS=str(b.threads), PYTHONUNBUFFERED="1")
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -90,21 +90,19 @@ def steady_sps(sps):
 
 def speed(b):
     flags = shlex.split(b.flags) if b.flags else SPEED
-    results = {v: [] for v in b.variants}
+    results = {(s, v): [] for s in b.scripts for v in b.variants}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(b.rounds):
-            for v in b.variants:
-                run_dir, wall, cpu = run(b, [*flags, *b.extra, *VARIANTS[v]], Path(b.runs_dir or tmp) / f"{v}-{r}")
-                sps = scalars(run_dir)["charts/SPS"]
-                results[v].append((steady_sps(sps), cpu, wall))
-                print(f"round {r + 1} {v:14s} {results[v][-1][0]:6.2f} agent steps/s after the burst, "
+            for i, (s, v) in enumerate(results):
+                run_dir, wall, cpu = run(b, s, [*flags, *b.extra, *VARIANTS[v]], Path(b.runs_dir or tmp) / f"{i}-{v}-{r}")
+                results[s, v].append((steady_sps(scalars(run_dir)["charts/SPS"]), cpu, wall))
+                print(f"round {r + 1} {s} {v}: {results[s, v][-1][0]:6.2f} agent steps/s after the burst, "
                       f"{cpu:6.1f} CPU s, {wall:6.1f} wall s", flush=True)
-    print(f"\n{Path(b.script).name} {shlex.join([*flags, *b.extra])}, OMP_NUM_THREADS={b.threads}, median of "
-          f"{b.rounds} alternating rounds\n\n| variant | agent steps/s after the burst | CPU s per run | wall s per run |"
-          "\n|---|---|---|---|")
-    for v, res in results.items():
+    print(f"\n{shlex.join([*flags, *b.extra])}, OMP_NUM_THREADS={b.threads}, median of {b.rounds} alternating rounds\n\n"
+          "| script | variant | agent steps/s after the burst | CPU s per run | wall s per run |\n|---|---|---|---|---|")
+    for (s, v), res in results.items():
         med = [statistics.median(x[i] for x in res) for i in range(3)]
-        print(f"| {v} | {med[0]:.2f} | {med[1]:.1f} | {med[2]:.1f} |")
+        print(f"| {s} | {v} | {med[0]:.2f} | {med[1]:.1f} | {med[2]:.1f} |")
 
 
 def entropy(b):
@@ -112,11 +110,11 @@ def entropy(b):
     logs, walls = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for v in ("era", "noera"):
-            run_dir, walls[v], cpu = run(b, [*flags, *b.extra, *VARIANTS[v]], Path(b.runs_dir or tmp) / v)
+            run_dir, walls[v], cpu = run(b, b.scripts[0], [*flags, *b.extra, *VARIANTS[v]], Path(b.runs_dir or tmp) / v)
             logs[v] = scalars(run_dir)
             print(f"{v}: {walls[v]:.0f} s wall, {cpu:.0f} CPU s, {run_dir}", flush=True)
     bound = logs["era"]["charts/era_entropy_bound"][0][1]
-    tags = ("charts/policy_entropy", "charts/action_std", "eval/episodic_return")
+    tags = ("charts/policy_entropy", "charts/action_std", "charts/episodic_return", "eval/episodic_return")
     rows = sorted({s for v in logs for t in tags for s, _ in logs[v].get(t, [])})
     out = Path(b.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +127,7 @@ def entropy(b):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, tag in zip(axes, tags):
+    for ax, tag in zip(axes, tags[:3]):
         for v, color in (("era", "tab:red"), ("noera", "tab:blue")):
             steps, values = zip(*logs[v][tag])
             ax.plot(steps, values, color=color, label="TD-MPC2-ERA" if v == "era" else "TD-MPC2")
