@@ -61,7 +61,7 @@ class Args:
     log_every: int = 100
     """log losses every N agent steps"""
     compile: bool = False
-    """torch.compile the networks (opt-in)"""
+    """torch.compile the networks (opt-in; mode reduce-overhead, i.e. CUDA graphs, on a GPU)"""
 
     # Algorithm specific arguments
     env_id: str = "dm_control/cheetah-run-v0"
@@ -138,7 +138,8 @@ def check_args(args):
     """ValueError naming the first flag out of its range (tyro has checked the types; NaN fails every test)."""
     renderer = os.environ.get("MUJOCO_GL", "").lower() not in ("off", "disable", "disabled", "false", "0")
     for name, ok, allowed in [
-        *[(n, getattr(args, n) >= 1, ">= 1") for n in ("total_timesteps", "utd_ratio", "hidden_dim", "eval_episodes", "log_every")],
+        *[(n, getattr(args, n) >= 1, ">= 1") for n in ("total_timesteps", "utd_ratio", "hidden_dim", "eval_episodes")],
+        ("log_every", args.log_every >= 1, ">= 1"),
         *[(n, getattr(args, n) >= 0, ">= 0") for n in ("action_repeat", "eval_every", "save_every")],
         *[(n, 0 < getattr(args, n) < math.inf, "a finite number > 0") for n in ("policy_lr", "q_lr")],
         ("delta_lr", 0 < args.delta_lr < math.inf, "a finite number > 0"),  # ERA
@@ -148,8 +149,8 @@ def check_args(args):
         ("gamma", 0 <= args.gamma <= 1, "in [0, 1]"),
         ("tau", 0 < args.tau <= 1, "in (0, 1]"),
         ("track", not args.track or importlib.util.find_spec("wandb"), "off unless wandb is installed (pip install wandb)"),
-        ("capture_video", not args.capture_video or renderer, "off unless MUJOCO_GL=egl (GPU) or MUJOCO_GL=osmesa (CPU) is set"),
-        ("capture_video", not args.capture_video or importlib.util.find_spec("moviepy"), "off unless moviepy is installed (pip install moviepy)"),
+        ("capture_video", not args.capture_video or renderer, "off unless MUJOCO_GL=egl (GPU) or =osmesa (CPU) is set"),
+        ("capture_video", not args.capture_video or importlib.util.find_spec("moviepy"), "off without pip install moviepy"),
     ]:
         if not ok:
             raise ValueError(f"--{name.replace('_', '-')} must be {allowed}, got {getattr(args, name)}")
@@ -163,7 +164,7 @@ def check_args(args):
             raise ValueError(f"--env-id {args.env_id}: HumanoidBench opens a renderer: set MUJOCO_GL=egl or MUJOCO_GL=osmesa")
         importlib.import_module("humanoid_bench")  # registers its ids
     if args.env_id not in gym.registry:
-        raise ValueError(f"--env-id {args.env_id} is not a registered gymnasium id (e.g. Hopper-v5, dm_control/cheetah-run-v0)")
+        raise ValueError(f"--env-id {args.env_id} is not a registered gymnasium id (e.g. dm_control/cheetah-run-v0)")
 
 
 def load_checkpoint(args):
@@ -293,7 +294,8 @@ LOG_STD_MIN = -5
 class Actor(nn.Module):
     def __init__(self, obs_dim, act_dim, hidden):
         super().__init__()
-        self.trunk = nn.Sequential(layer_init(nn.Linear(obs_dim, hidden)), nn.ELU(), layer_init(nn.Linear(hidden, hidden)), nn.ELU())
+        self.trunk = nn.Sequential(layer_init(nn.Linear(obs_dim, hidden)), nn.ELU(),
+                                   layer_init(nn.Linear(hidden, hidden)), nn.ELU())
         self.fc_mean = layer_init(nn.Linear(hidden, act_dim), gain=1.0)
         self.fc_logstd = layer_init(nn.Linear(hidden, act_dim), gain=1.0)
 
@@ -316,7 +318,8 @@ class Actor(nn.Module):
 class EraActor(nn.Module):  # ERA: SAC's actor network with ERA's std activation and the bounded policy
     def __init__(self, actor, target_entropy, delta, args):  # ERA
         super().__init__()  # ERA
-        self.actor, self.target_entropy, self.log_std_bounds = actor, target_entropy, (args.log_std_min, args.log_std_max)  # ERA
+        self.actor, self.target_entropy = actor, target_entropy  # ERA: SAC's network and H0
+        self.log_std_bounds = (args.log_std_min, args.log_std_max)  # ERA
         self.register_buffer("delta", delta)  # ERA: the paper's compensation delta >= 0 (learned in main)
 
     def forward(self, x):  # ERA
@@ -385,8 +388,8 @@ def main(args):
     qf = SoftQNetwork(obs_dim, act_dim, args.hidden_dim).to(device)
     qf_target = SoftQNetwork(obs_dim, act_dim, args.hidden_dim).to(device)
     qf_target.load_state_dict(qf.state_dict())
-    q_optimizer = torch.optim.AdamW(qf.parameters(), lr=args.q_lr, weight_decay=args.critic_weight_decay)
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
+    q_optimizer = torch.optim.AdamW(qf.parameters(), lr=args.q_lr, weight_decay=args.critic_weight_decay, fused=True)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr, fused=True)  # fused: one kernel per step
 
     # Automatic entropy tuning
     autotune = True
@@ -402,13 +405,13 @@ def main(args):
         delta_optimizer = torch.optim.Adam([actor.delta], lr=args.delta_lr)  # ERA
     if args.compile:
         for net in (actor, qf, qf_target):
-            net.compile()
+            net.compile(mode="reduce-overhead" if device.type == "cuda" else None)
 
     # replay buffer: preallocated on the device; transition t sits in row t % buffer_size (one per agent step)
     rb = {k: torch.zeros(args.buffer_size, *d, device=device) for k, d in
           [("obs", [obs_dim]), ("next_obs", [obs_dim]), ("actions", [act_dim]), ("rewards", []), ("terminations", [])]}
-    checkpointed = {"actor": actor, "qf": qf, "qf_target": qf_target, "actor_optimizer": actor_optimizer, "q_optimizer": q_optimizer,
-             "a_optimizer": a_optimizer}  # + log_alpha, alpha, counters, RNGs and the filled rows of rb
+    checkpointed = {"actor": actor, "qf": qf, "qf_target": qf_target, "actor_optimizer": actor_optimizer,
+                    "q_optimizer": q_optimizer, "a_optimizer": a_optimizer}  # + log_alpha, alpha, counters, RNGs, rb
     if args.era:  # ERA
         checkpointed["delta_optimizer"] = delta_optimizer  # ERA
     global_step, episode, episode_actions = 0, 0, []
@@ -419,7 +422,8 @@ def main(args):
             rb[k][: len(v)] = v
         with torch.no_grad():
             log_alpha.copy_(checkpoint["log_alpha"])
-        alpha, global_step, episode, episode_actions = checkpoint["alpha"].to(device), checkpoint["global_step"], checkpoint["episode"], checkpoint["episode_actions"]
+        alpha, global_step, episode = checkpoint["alpha"].to(device), checkpoint["global_step"], checkpoint["episode"]
+        episode_actions = checkpoint["episode_actions"]
         set_rng_state(checkpoint["rng"])
 
     stop = []  # the first SIGINT/SIGTERM: finish this episode, save, exit 128 + signal; a second one stops at once
@@ -430,7 +434,8 @@ def main(args):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    ckpt_path, saved_step, start_time, start_step = os.path.join(run_dir, "checkpoint.pt"), global_step, time.time(), global_step
+    ckpt_path, saved_step = os.path.join(run_dir, "checkpoint.pt"), global_step
+    start_time, start_step = time.time(), global_step
 
     # TRY NOT TO MODIFY: start the game
     obs, _ = env.reset(seed=episode_seed(args.seed, episode))
@@ -455,12 +460,14 @@ def main(args):
 
         # ALGO LOGIC: training.
         if global_step > args.learning_starts:
+            update_start = time.time()
             for _ in range(args.utd_ratio):
                 idx = torch.randint(min(global_step, args.buffer_size), (args.batch_size,), device=device)
                 data = {k: v[idx] for k, v in rb.items()}
                 with torch.no_grad():
                     next_state_actions, next_state_log_pi, _, _ = actor.get_action(data["next_obs"])
-                    min_qf_next_target = qf_target(data["next_obs"], next_state_actions).min(0).values - alpha * next_state_log_pi
+                    qf_next_target = qf_target(data["next_obs"], next_state_actions)  # [2, batch]: both target critics
+                    min_qf_next_target = qf_next_target.min(0).values - alpha * next_state_log_pi
                     next_q_value = data["rewards"] + (1 - data["terminations"]) * args.gamma * min_qf_next_target
 
                 qf_a_values = qf(data["obs"], data["actions"])
@@ -469,24 +476,25 @@ def main(args):
                 qf_losses.sum().backward()
                 q_optimizer.step()
 
+                qf.requires_grad_(False)  # the actor's loss needs no gradients of the critics' weights (-10 % CPU)
                 pi, log_pi, det_action, log_std = actor.get_action(data["obs"])
                 min_qf_pi = qf(data["obs"], pi).min(0).values
                 actor_loss = ((alpha * log_pi) - min_qf_pi).mean()
                 actor_optimizer.zero_grad()
                 actor_loss.backward()
                 actor_optimizer.step()
+                qf.requires_grad_(True)
 
                 policy_entropy = -log_pi.detach().mean()  # -E[log pi]: a Monte-Carlo estimate
-                if args.era:  # ERA: the exact entropy of the truncated normal
-                    policy_entropy = truncated_normal_entropy(det_action.detach(), log_std.detach().exp().clamp(min=1e-6)).mean()  # ERA
                 if autotune:
                     alpha_loss = (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
                     a_optimizer.zero_grad()
                     alpha_loss.backward()
                     a_optimizer.step()
                     alpha = log_alpha.detach().exp()
-                if args.era:  # ERA: the paper's loss for delta: it rises while the bounded policy's entropy is below H0
-                    delta_loss = actor.delta * (policy_entropy - era_target)  # ERA
+                if args.era and (args.learn_delta or global_step % args.log_every == 0):  # ERA: exact, when it is used
+                    policy_entropy = truncated_normal_entropy(det_action, log_std.exp().clamp(min=1e-6)).mean().detach()  # ERA
+                    delta_loss = actor.delta * (policy_entropy - era_target)  # ERA: the paper's loss: delta rises while H < H0
                 if args.era and args.learn_delta:  # ERA
                     delta_optimizer.zero_grad()  # ERA
                     delta_loss.backward()  # ERA
@@ -497,6 +505,8 @@ def main(args):
                 with torch.no_grad():
                     torch._foreach_lerp_(list(qf_target.parameters()), list(qf.parameters()), args.tau)
 
+            if args.compile and global_step == args.learning_starts + 1:  # the first updates compile the networks
+                print(f"torch.compile: the first {args.utd_ratio} updates took {time.time() - update_start:.0f} s")
             if global_step % args.log_every == 0:  # the only host syncs of the update loop
                 logged = {"losses/qf1_values": qf_a_values[0].mean(), "losses/qf2_values": qf_a_values[1].mean(),
                           "losses/qf1_loss": qf_losses[0], "losses/qf2_loss": qf_losses[1], "losses/qf_loss": qf_losses.mean(),
@@ -513,7 +523,8 @@ def main(args):
                 writer.add_scalar("charts/env_steps", global_step * action_repeat, global_step)
 
         if (args.eval_every and global_step % args.eval_every == 0) or global_step == args.total_timesteps:
-            eval_return = evaluate(actor, args, action_repeat, device, args.capture_video and os.path.join(run_dir, "videos", f"step{global_step}"))
+            video_dir = os.path.join(run_dir, "videos", f"step{global_step}") if args.capture_video else None
+            eval_return = evaluate(actor, args, action_repeat, device, video_dir)
             print(f"global_step={global_step}, eval_return={eval_return:.1f}")
             writer.add_scalar("eval/episodic_return", eval_return, global_step)
 

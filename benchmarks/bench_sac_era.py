@@ -25,11 +25,12 @@ from pathlib import Path
 import tyro
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-SCRIPT = Path(__file__).resolve().parent.parent / "sac_era.py"
 
 
 @dataclass
 class Args:
+    script: str = str(Path(__file__).resolve().parent.parent / "sac_era.py")
+    """the script to time (another version of sac_era.py, say, for a before/after comparison)"""
     env_id: str = "dm_control/cheetah-run-v0"
     """environment of every run"""
     steps: int = 1500
@@ -69,7 +70,7 @@ def last_sps(runs_dir):
 def main(bench):
     variants = [("ERA", ["--era"]), ("--no-era", ["--no-era"])]
     variants += [(f"{name} --compile", flags + ["--compile"]) for name, flags in variants] if bench.compile else []
-    common = [sys.executable, SCRIPT, "--env-id", bench.env_id, "--learning-starts", bench.learning_starts,
+    common = [sys.executable, bench.script, "--env-id", bench.env_id, "--learning-starts", bench.learning_starts,
               "--batch-size", bench.batch_size, "--hidden-dim", bench.hidden_dim, "--utd-ratio", bench.utd_ratio,
               "--eval-every", 0, "--eval-episodes", 1, "--save-every", 0, "--log-every", bench.steps,
               "--cuda" if bench.cuda else "--no-cuda"]
@@ -84,7 +85,7 @@ def main(bench):
                 warmup = cpu_seconds_of(cmd + ["--total-timesteps", str(bench.learning_starts + 1), "--runs-dir", runs])
                 results[name].append((full, 1000 * (full - warmup) / updates, last_sps(runs + "full")))
                 print(f"round {r + 1}: {name}: {full:.1f} CPU s, {results[name][-1][1]:.1f} ms/update", flush=True)
-    print(f"\nsac_era.py on {bench.env_id}: {bench.steps} steps ({bench.learning_starts} random), batch {bench.batch_size}, "
+    print(f"\n{bench.script} on {bench.env_id}: {bench.steps} steps ({bench.learning_starts} random), batch {bench.batch_size}, "
           f"{bench.hidden_dim} wide, {bench.utd_ratio} updates/step, {'cuda' if bench.cuda else 'cpu'}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, medians of {bench.rounds} rounds\n")
     print("| variant | run CPU s | ms/update | SPS |\n|---|---|---|---|")

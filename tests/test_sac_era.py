@@ -132,3 +132,11 @@ def test_humanoidbench_smoke_or_install_hint(tmp_path):
     assert all(v >= 0.25 * 19 - 1e-4 for _, v in logs["charts/entropy"])
     assert logs["charts/env_steps"][-1][1] == 2 * logs["charts/env_steps"][-1][0]  # action repeat 2
     assert Path(run_dir).name.startswith("h1-walk-v0__sac_era__")
+
+
+@pytest.mark.slow
+def test_compile_runs_on_cpu(tmp_path):
+    proc = run_script(SCRIPT, *TINY, "--env-id", "Hopper-v5", "--total-timesteps", "130", "--compile", "--runs-dir", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "torch.compile: the first 1 updates took" in proc.stdout
+    assert "losses/actor_loss" in scalars(only_run_dir(tmp_path))
