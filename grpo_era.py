@@ -29,11 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import tyro
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                     set_optimizer_state_dict)
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.utils.checkpoint import checkpoint
-from torch.utils.tensorboard import SummaryWriter
 
 from era_core import era_llm_transform, top_entropy_mean  # ERA
 
@@ -50,7 +46,7 @@ class Args:
     torch_deterministic: bool = True
     """if toggled, `torch.use_deterministic_algorithms(True)` (exact resume on CPU)"""
     cuda: bool = True
-    """if toggled, cuda will be enabled when available"""
+    """if toggled, cuda will be enabled when available (bf16 compute, fp32 master weights, activation checkpointing)"""
     track: bool = False
     """if toggled, this experiment will be tracked with Weights and Biases (pip install wandb)"""
     wandb_project_name: str = "era"
@@ -82,8 +78,6 @@ class Args:
     """hub id or local directory of a causal LM, or `tiny` (random small Qwen2 + local character tokenizer)"""
     dataset: str = "parity"
     """JSONL/JSON/parquet path, hub dataset id, or `parity` (built-in task with many correct answers)"""
-    dataset_split: str = "train"
-    """split of a hub dataset"""
     prompt_field: Optional[str] = None
     """field with the problem text (or chat messages); default: the first of problem/question/prompt"""
     answer_field: str = "answer"
@@ -93,8 +87,6 @@ class Args:
     against the prompts)"""
     prompt_suffix: Optional[str] = None
     """appended to string problems (default: the instruction of --answer-format)"""
-    use_chat_template: bool = True
-    """wrap math problems in the tokenizer's chat template when it has one"""
     max_prompt_length: int = 1024
     """prompts are truncated on the left to this many tokens"""
     max_new_tokens: Optional[int] = None
@@ -116,31 +108,19 @@ class Args:
     max_tokens_per_micro_batch: int = 0
     """also cap a micro-batch at this many padded tokens (0: no cap)"""
     generation_batch_size: int = 0
-    """responses per generate call on each rank (0: all of the rank's at once)"""
+    """responses per generate call on each rank, in rollouts and evaluation (0: the rank's share of a rollout batch)"""
     learning_rate: float = 1e-6
-    """AdamW learning rate (constant)"""
-    weight_decay: float = 0.0
-    """AdamW weight decay"""
+    """AdamW learning rate (constant; no weight decay)"""
     max_grad_norm: float = 1.0
     """gradient clipping norm"""
     temperature: float = 1.0
     """sampling temperature of the rollouts (log-probs and entropies use the same temperature)"""
-    scale_rewards: Literal["group", "batch", "none"] = "group"
-    """divide centred rewards by the std of the group, of the whole batch, or not at all"""
-    reward_type: Literal["pm1", "binary"] = "pm1"
-    """reward +1/-1 (official DAPO rule) or 1/0 for correct/incorrect"""
     clip_low: float = 1.0
     """ratio clipped below at 1 - clip_low (official ERA runs: 1.0)"""
     clip_high: float = 1.0
     """ratio clipped above at 1 + clip_high (official ERA runs: 1.0)"""
-    beta: float = 0.0
-    """coefficient of the k3 KL to a frozen copy of the initial model (0: no KL, no reference model)"""
     topk_logprobs: int = 0
     """official-code trick: renormalise log-probs over the top-k logits, -1e4 outside (0: off)"""
-    bf16: bool = True
-    """bfloat16 compute on CUDA (float32 master weights, gradients reduced in float32)"""
-    gradient_checkpointing: bool = True
-    """activation checkpointing of the decoder layers on CUDA"""
 
     # Evaluation
     eval_sampled_sets: Tuple[str, ...] = ()
@@ -155,8 +135,6 @@ class Args:
     """top-p for the sampled sets"""
     eval_max_new_tokens: int = 3000
     """response length limit at evaluation"""
-    eval_batch_size: int = 8
-    """prompts per generate call at evaluation"""
     eval_limit: int = 0
     """evaluate only the first N problems of each set (0: all)"""
 
@@ -171,8 +149,6 @@ class Args:
     """ERA logit scale factor k > 1"""  # ERA
     era_scale_advantages: bool = True  # ERA
     """rescale advantages with the logits (A/k, k*A; paper Eq. 16); the official README script runs without"""  # ERA
-    era_top_frac: float = 0.2  # ERA
-    """fraction of highest-entropy tokens whose mean is the response entropy H"""  # ERA
     era_adv_rule: Literal["paper", "official"] = "paper"  # ERA
     """which responses ERA rescales: A > 0 (paper), or int(A) >= 1 (official code, dp_actor.py)"""  # ERA
 
@@ -180,7 +156,7 @@ class Args:
 RECIPES = {"demo": {}, "official": dict(  # everything ERA-LLM/qwen_7b_era_topk.sh sets (docs/grpo_era.md)
     recipe="official", batch_size=2048, num_generations=8, dynamic_sampling=True, topk_logprobs=20,
     learning_rate=1e-6, clip_low=1.0, clip_high=1.0, max_prompt_length=2048, max_new_tokens=8192,
-    answer_format="dapo", answer_field="reward_model.ground_truth", reward_type="pm1", scale_rewards="group",
+    answer_format="dapo", answer_field="reward_model.ground_truth",
     era_scale_advantages=False,  # ERA
 )}
 LOGIT_CHUNK = 256  # tokens per [tokens, vocab] block of logits: the only one alive at a time
@@ -219,11 +195,6 @@ def parse_args():
 def check_args(args, world_size):
     """ValueError naming the first flag out of its range (tyro has checked the types; NaN fails every test)."""
     n, per_rank = max(args.num_generations, 1), args.batch_size // world_size
-    at_least_one = ("micro_batch_size", "log_every", "max_prompt_length", "eval_num_samples", "eval_max_new_tokens",
-                    "eval_batch_size")
-    non_negative = ("save_every", "eval_every", "eval_limit", "topk_logprobs", "max_tokens_per_micro_batch",
-                    "generation_batch_size", "weight_decay", "clip_high", "beta")
-    positive = ("learning_rate", "max_grad_norm", "temperature", "eval_temperature")
     for name, ok, allowed in [
         ("total_steps", args.total_steps >= 1 and args.total_steps % max(args.num_minibatches, 1) == 0,
          f">= 1 and a multiple of --num-minibatches {args.num_minibatches}"),
@@ -233,9 +204,12 @@ def check_args(args, world_size):
         ("num_minibatches", 1 <= args.num_minibatches and per_rank % args.num_minibatches == 0,
          f">= 1 and divide the {per_rank} responses per process"),
         ("max_new_tokens", args.max_new_tokens is None or args.max_new_tokens >= 1, ">= 1"),
-        *[(name, getattr(args, name) >= 1, ">= 1") for name in at_least_one],
-        *[(name, 0 <= getattr(args, name) < math.inf, "a finite number >= 0") for name in non_negative],
-        *[(name, 0 < getattr(args, name) < math.inf, "a finite number > 0") for name in positive],
+        *[(k, getattr(args, k) >= 1, ">= 1") for k in ("micro_batch_size", "log_every", "max_prompt_length",
+                                                      "eval_num_samples", "eval_max_new_tokens")],
+        *[(k, 0 <= getattr(args, k) < math.inf, "a finite number >= 0") for k in ("save_every", "eval_every", "eval_limit",
+          "topk_logprobs", "max_tokens_per_micro_batch", "generation_batch_size", "clip_high")],
+        *[(k, 0 < getattr(args, k) < math.inf, "a finite number > 0") for k in ("learning_rate", "max_grad_norm",
+                                                                              "temperature", "eval_temperature")],
         ("clip_low", 0 <= args.clip_low <= 1, "in [0, 1]"),
         ("eval_top_p", 0 < args.eval_top_p <= 1, "in (0, 1]"),
         ("eval_only", not args.eval_only or args.eval_sampled_sets or args.eval_greedy_sets, "given with eval sets"),
@@ -248,7 +222,6 @@ def check_args(args, world_size):
          "off unless vllm is installed (pip install vllm) and --model-name is a hub id or a directory"),
         ("omega_low", -math.inf < args.omega_low < args.omega_high < math.inf, "finite and < --omega-high"),  # ERA
         ("era_k", 1 < args.era_k < math.inf, "a finite number > 1"),  # ERA
-        ("era_top_frac", 0 < args.era_top_frac <= 1, "in (0, 1]"),  # ERA
     ]:
         if not ok:
             raise ValueError(f"--{name.replace('_', '-')} must be {allowed}, got {getattr(args, name)}")
@@ -278,16 +251,18 @@ def load_checkpoint(args):
     return saved, checkpoint
 
 
-def save_checkpoint(run_dir, step, model, tokenizer, optimizer, rank, **state):
+def save_checkpoint(run_dir, model, tokenizer, optimizer, rank, **state):
     """Collective. Rank 0 writes policy_<step>/ (save_pretrained: weights and tokenizer), then checkpoint.pt
     (atomically: a temporary file, then renamed) naming it, then removes the older policy_* directories."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights, optim = get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
-    rngs = [None] * dist.get_world_size() if dist.is_initialized() else [rng_state()]
+    rngs = [rng_state()] * (dist.get_world_size() if dist.is_initialized() else 1)
     if dist.is_initialized():
-        dist.all_gather_object(rngs, rng_state())
+        dist.all_gather_object(rngs, rngs[0])
     if rank == 0:
-        policy, path = f"policy_{step}", os.path.join(run_dir, "checkpoint.pt")
+        policy, path = f"policy_{state['global_step']}", os.path.join(run_dir, "checkpoint.pt")
         model.save_pretrained(os.path.join(run_dir, policy), state_dict=weights)
         tokenizer.save_pretrained(os.path.join(run_dir, policy))
         torch.save({"script": SCRIPT, "policy": policy, "optimizer": optim, "rng": rngs, **state}, path + ".tmp")
@@ -310,24 +285,15 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def sampling_seed(*counters):
-    """The torch seed of one generate call, from (seed, step, round, chunk): rollouts do not depend on the
-    number of processes, and a resumed run samples what an uninterrupted one would."""
-    return int(np.random.SeedSequence(list(counters)).generate_state(1)[0])
-
-
-def global_sum(values, distributed, op=None):
+def global_sum(values, op=dist.ReduceOp.SUM):
     """Per-rank numbers summed (or reduced with `op`) over all ranks, as a list of floats."""
     t = torch.tensor(values, dtype=torch.float64, device="cuda" if dist.is_initialized() and dist.get_backend() == "nccl" else "cpu")
-    if distributed:
-        dist.all_reduce(t, op or dist.ReduceOp.SUM)
+    if dist.is_initialized():
+        dist.all_reduce(t, op)
     return t.tolist()
 
 
 # Data and grading
-PARITY_CHARS = "0123456789="
-
-
 def parity_reward(completion, answer):
     """Correct iff the response starts with two digits that both have the parity of the prompt digit."""
     return len(completion) >= 2 and all(c.isdigit() and int(c) % 2 == int(answer) % 2 for c in completion[:2])
@@ -336,13 +302,11 @@ def parity_reward(completion, answer):
 def last_boxed(text):
     """Content of the last \\boxed{...} (or \\fbox{...}) in text, braces matched; None if there is none."""
     start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    i = text.find("{", start) if start >= 0 else -1
-    depth = 0
-    for j in range(max(i, 0), len(text) if i >= 0 else 0):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
+    i, depth = text.find("{", start) if start >= 0 else -1, 0
+    for j in range(i, len(text) if i >= 0 else i):
+        depth += (text[j] == "{") - (text[j] == "}")
         if depth == 0:
             return text[i + 1: j]
-    return None
 
 
 def dapo_answer(text):
@@ -352,142 +316,129 @@ def dapo_answer(text):
 
 
 def math_reward(completion, answer, answer_format="boxed"):
-    """Correct iff the final answer (--answer-format) is equivalent to the reference, graded by math-verify."""
+    """Correct iff the final answer (--answer-format) is equivalent to the reference, graded by math-verify; a grader
+    crash on odd LaTeX counts as wrong, never kills the run."""
     from math_verify import parse, verify
 
     pred = last_boxed(completion) if answer_format == "boxed" else dapo_answer(completion)
-    if pred is None:
-        return False
-    if isinstance(answer, float) and answer.is_integer():
-        answer = int(answer)  # AMC's 27.0 -> 27
+    answer = int(answer) if isinstance(answer, float) and answer.is_integer() else answer  # AMC's 27.0 -> 27
     try:
-        return bool(verify(parse(f"${answer}$"), parse(f"${pred.strip('$')}$")))
-    except Exception:  # a grader crash on odd LaTeX counts as wrong, never kills the run
+        return pred is not None and bool(verify(parse(f"${answer}$"), parse(f"${pred.strip('$')}$")))
+    except Exception:
         return False
 
 
-def read_rows(source, split="train"):
+def read_rows(source):
     """List of dict rows from a JSONL/JSON/parquet path or a hub dataset id."""
-    if os.path.exists(source) and source.endswith(".parquet"):
+    if source.endswith(".parquet"):
         import pyarrow.parquet as pq
         return pq.read_table(source).to_pylist()
-    if os.path.exists(source):
-        with open(source) as f:
-            text = f.read()
-        if text.lstrip().startswith("["):
-            return json.loads(text)
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    import datasets
-    return list(datasets.load_dataset(source, split=split))
+    if not os.path.exists(source):
+        import datasets
+        return list(datasets.load_dataset(source, split="train"))
+    with open(source) as f:
+        text = f.read()
+    return json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def get_field(row, name):
     for part in name.split("."):
-        row = row[part] if isinstance(row, dict) and part in row else None
+        row = row.get(part) if isinstance(row, dict) else None
     return row
-
-
-def load_problems(rows, source, prompt_field, answer_field):
-    """(problems: texts or chat messages, answers) of a math set; ValueError naming the flag of a missing field."""
-    if not rows:
-        raise ValueError(f"--dataset {source} has no rows")
-    field = prompt_field or next((f for f in ("problem", "question", "prompt") if f in rows[0]), "problem")
-    for name, flag in ((field, "--prompt-field"), (answer_field, "--answer-field")):
-        if get_field(rows[0], name) is None:
-            raise ValueError(f"{flag} {name!r} is not a field of {source}; fields: {sorted(rows[0])}")
-    return [get_field(r, field) for r in rows], [get_field(r, answer_field) for r in rows]
 
 
 def format_prompt(problem, tokenizer, args):
     """Chat messages or plain text (plus the --answer-format instruction) -> the prompt string the model continues."""
     if isinstance(problem, str):
-        problem += SUFFIX[args.answer_format] if args.prompt_suffix is None else args.prompt_suffix
-        if not (args.use_chat_template and tokenizer.chat_template):
-            return problem
-        problem = [{"role": "user", "content": problem}]
-    if not tokenizer.chat_template:  # chat messages for a model without a template (`tiny`): their texts
+        problem = [{"role": "user", "content": problem + (SUFFIX[args.answer_format] if args.prompt_suffix is None else
+                                                          args.prompt_suffix)}]
+    if not tokenizer.chat_template:  # a model without a chat template (`tiny`): the texts
         return "\n".join(m["content"] for m in problem)
     return tokenizer.apply_chat_template(list(problem), tokenize=False, add_generation_prompt=True)
 
 
-def check_answer_format(prompts, args, source):
-    """ValueError unless every prompt asks for the answer where the grader reads it (--answer-format)."""
-    missing = [p for p in prompts if MARKER[args.answer_format] not in p]
+def load_problems(rows, source, tokenizer, args, prompt_field=None, answer_field="answer"):
+    """(prompts, answers) of a math set (`source`: its flag and path); ValueError naming the flag of a missing field,
+    or unless every prompt asks for the answer where the grader reads it (--answer-format)."""
+    if not rows:
+        raise ValueError(f"{source} has no rows")
+    field = prompt_field or next((f for f in ("problem", "question", "prompt") if f in rows[0]), "problem")
+    for name, flag in ((field, "--prompt-field"), (answer_field, "--answer-field")):
+        if get_field(rows[0], name) is None:
+            raise ValueError(f"{flag} {name!r} is not a field of {source}; fields: {sorted(rows[0])}")
+    prompts, marker = [format_prompt(get_field(r, field), tokenizer, args) for r in rows], MARKER[args.answer_format]
+    missing = [p for p in prompts if marker not in p]
     if missing:
-        other = [f for f in MARKER if f != args.answer_format][0]
-        raise ValueError(f"--answer-format {args.answer_format}: {len(missing)} of {len(prompts)} prompts of {source} "
-                         f"never ask for {MARKER[args.answer_format]!r} (first: {missing[0][-80:]!r}); use "
-                         f"--answer-format {other} or a --prompt-suffix that asks for it")
+        raise ValueError(f"--answer-format {args.answer_format}: {len(missing)} of {len(prompts)} prompts of {source} never "
+                         f"ask for {marker!r} (first: {missing[0][-80:]!r}); use --answer-format "
+                         f"{'dapo' if args.answer_format == 'boxed' else 'boxed'} or a --prompt-suffix that asks for it")
+    return prompts, [get_field(r, answer_field) for r in rows]
 
 
 # Model
-def make_config(name, vocab_size):
-    """The model's config (`tiny`: a 2-layer Qwen2 with hidden size 64 over `vocab_size` characters)."""
-    from transformers import AutoConfig, Qwen2Config
-
-    if name != "tiny":
-        return AutoConfig.from_pretrained(name)
-    return Qwen2Config(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                       tie_word_embeddings=True, eos_token_id=0, pad_token_id=0, bos_token_id=None)
-
-
-def make_tokenizer(name, vocab_chars):
-    """Left padding and truncation (long prompts keep their end); `tiny`: one token per character, <eos> = pad."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+def load_tokenizer_and_config(name, rows):
+    """The tokenizer (left padding and truncation: long prompts keep their end) and the model's config. `tiny`: one
+    token per character of the parity task and of the data `rows` (<eos> = pad), a 2-layer Qwen2 with hidden size 64."""
+    from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config
 
     if name == "tiny":
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-        vocab = {"<eos>": 0, "<unk>": 1}
-        for c in vocab_chars:
-            vocab.setdefault(c, len(vocab))
-        tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        chars = "0123456789=" + "".join(sorted({c for r in rows for c in json.dumps(r, ensure_ascii=False)}))
+        tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(dict.fromkeys(["<eos>", "<unk>", *chars]))}, "<unk>"))
         tok.pre_tokenizer, tok.decoder = pre_tokenizers.Split("", "isolated"), decoders.Fuse()
         tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>", unk_token="<unk>")
+        config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                             tie_word_embeddings=True, eos_token_id=0, pad_token_id=0, bos_token_id=None)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        tokenizer, config = AutoTokenizer.from_pretrained(name), AutoConfig.from_pretrained(name)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     tokenizer.padding_side = tokenizer.truncation_side = "left"
-    return tokenizer
+    return tokenizer, config
 
 
-def make_model(name, config, seed):
-    """The causal LM in float32 (the master weights): pretrained weights, or `tiny`'s random ones (seeded)."""
-    from transformers import AutoModelForCausalLM
-    from transformers.utils.logging import disable_progress_bar
+def make_model(name, config, args, device):
+    """The causal LM with float32 master weights (pretrained, or `tiny`'s seeded random ones). Under torchrun FSDP2
+    shards it per decoder layer, then the rest (bf16 compute and fp32 gradient reduction on CUDA)."""
+    import transformers
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    disable_progress_bar()  # a quiet start (and quiet saves)
-    if name != "tiny":
-        return AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+    transformers.logging.disable_progress_bar()  # a quiet start (and quiet saves)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # identical weights on every rank
-        return AutoModelForCausalLM.from_config(config)
+        torch.manual_seed(args.seed)  # `tiny`: identical weights on every rank
+        model = (transformers.AutoModelForCausalLM.from_config(config) if name == "tiny" else
+                 transformers.AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32))
+    if device.type == "cuda":  # activation checkpointing of the decoder layers; bf16 compute, fp32 gradient reduction
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    mp = MixedPrecisionPolicy(torch.bfloat16, torch.float32) if device.type == "cuda" else MixedPrecisionPolicy()
+    for layer in model.model.layers:
+        if args.compile:
+            layer.compile()
+        if dist.is_initialized():
+            fully_shard(layer, mp_policy=mp)
+    return fully_shard(model, mp_policy=mp) if dist.is_initialized() else model.to(device)
 
 
-def memory_plan(config, args, world_size, max_new_tokens):
+def memory_plan(config, args, world_size):
     """Estimated GB per GPU: float32 weights, gradients and AdamW moments (sharded over the ranks), bf16 weight copies,
     the KV cache of one generate call, checkpointed activations of one micro-batch, and the float32 logit blocks."""
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
         params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    context = args.max_prompt_length + max_new_tokens
-    sequences = args.generation_batch_size or args.batch_size // world_size
+    head_dim, layers = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads, config.num_hidden_layers
+    context, sequences = args.max_prompt_length + args.max_new_tokens, args.generation_batch_size or args.batch_size // world_size
     tokens = args.max_tokens_per_micro_batch or args.micro_batch_size * context
-    plan = {"weights + grads + AdamW (fp32, sharded)": 16 * params / world_size,
-            "bf16 weights (compute copy)": 2 * params,
-            "KV cache of one generate call (bf16)": 4 * config.num_hidden_layers * config.num_key_value_heads
-            * head_dim * sequences * context,
-            "activations of a micro-batch (bf16, checkpointed)": 2 * tokens * (
-                config.hidden_size * (config.num_hidden_layers + 8) + 3 * config.intermediate_size),
+    plan = {"weights + grads + AdamW (fp32, sharded)": 16 * params / world_size, "bf16 weights (compute copy)": 2 * params,
+            "KV cache of one generate call (bf16)": 4 * layers * config.num_key_value_heads * head_dim * sequences * context,
+            "activations of a micro-batch (bf16, checkpointed)": 2 * tokens * (config.hidden_size * (layers + 8) + 3 * config.intermediate_size),
             "logits (fp32 blocks)": 4 * config.vocab_size * (3 * LOGIT_CHUNK + 3 * sequences)}
     return {k: v / 2 ** 30 for k, v in plan.items()}, params
 
 
 # Rollouts, log-probs, advantages, evaluation
-def autocast(device, args):
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and args.bf16)
+def autocast(device):
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def encode(tokenizer, prompts, args):
@@ -497,57 +448,54 @@ def encode(tokenizer, prompts, args):
 @torch.no_grad()
 def sample(model, tokenizer, prompt_ids, n, max_new_tokens, args, device, seeds, temperature, top_p=1.0, greedy=False):
     """n responses per prompt from HF generate, as token-id lists up to and including their first eos. One generate
-    call per --generation-batch-size responses, seeded from `seeds` and the global index of its first prompt."""
-    distributed = dist.is_initialized()
-    per_call = max(1, (args.generation_batch_size or len(prompt_ids) * n) // n)
-    offset = dist.get_rank() * len(prompt_ids) if distributed else 0
+    call per --generation-batch-size responses (0: the rank's share of a rollout batch), seeded from `seeds` (seed,
+    step, round) and the global index of its first prompt: rollouts do not depend on the number of processes, and a
+    resumed run samples what an uninterrupted one would."""
+    world, eos = dist.get_world_size() if dist.is_initialized() else 1, tokenizer.eos_token_id
+    per_call = max(1, (args.generation_batch_size or args.batch_size // world) // n)
+    offset, responses = dist.get_rank() * len(prompt_ids) if dist.is_initialized() else 0, []
     model.eval()  # HF keeps its KV cache off in training mode with gradient checkpointing
-    responses = []
     for i in range(0, len(prompt_ids), per_call):
-        torch.manual_seed(sampling_seed(*seeds, offset + i))
+        torch.manual_seed(int(np.random.SeedSequence([*seeds, offset + i]).generate_state(1)[0]))
         enc = tokenizer.pad({"input_ids": prompt_ids[i: i + per_call]}, return_tensors="pt").to(device)
-        with autocast(device, args):
+        with autocast(device):
             out = model.generate(**enc, do_sample=not greedy, temperature=None if greedy else temperature,
                                  top_p=None if greedy else top_p, top_k=None if greedy else 0,
                                  max_new_tokens=max_new_tokens, num_return_sequences=n, repetition_penalty=1.0,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                 synced_gpus=distributed)
-        for row in out[:, enc["input_ids"].shape[1]:].tolist():
-            responses.append(row[: row.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in row else row)
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, synced_gpus=dist.is_initialized())
+        responses += [r[: r.index(eos) + 1] if eos in r else r for r in out[:, enc["input_ids"].shape[1]:].tolist()]
     model.train()
     return responses
 
 
-def sample_vllm(engine, model, prompt_ids, n, max_new_tokens, args):
+def sample_vllm(engine, model, prompt_ids, n, args):
     """UNTESTED (no GPU was available): rollouts from a vLLM engine colocated in this process and built for
     in-process weight loading (TRL's colocate mode: distributed_executor_backend="external_launcher", one engine per
     rank). The policy's current weights are loaded before every call; the sampled token ids are returned as they
     are, with the stop id that ended each sample. `engine`: a list holding the engine once it is built."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from vllm import LLM, SamplingParams
 
     if not engine:
         engine.append(LLM(model=args.model_name, tensor_parallel_size=1, dtype="bfloat16", seed=args.seed,
                           distributed_executor_backend="external_launcher", gpu_memory_utilization=0.3,
-                          max_model_len=args.max_prompt_length + max_new_tokens, enable_prefix_caching=False))
+                          max_model_len=args.max_prompt_length + args.max_new_tokens, enable_prefix_caching=False))
     weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))  # collective
     engine[0].llm_engine.model_executor.driver_worker.worker.model_runner.model.load_weights(weights.items())
-    params = SamplingParams(n=n, temperature=args.temperature, top_p=1.0, top_k=-1, max_tokens=max_new_tokens)
+    params = SamplingParams(n=n, temperature=args.temperature, top_p=1.0, top_k=-1, max_tokens=args.max_new_tokens)
     outputs = engine[0].generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False)
     return [list(o.token_ids) for out in outputs for o in out.outputs]
 
 
-def rollout(model, tokenizer, prompts, answers, args, max_new_tokens, device, seeds, vllm_engine):
+def rollout(model, tokenizer, prompts, answers, args, device, seeds, vllm_engine):
     """Sample and grade a group of responses per prompt: [(prompt ids, response ids, correct, texts)] per prompt."""
     n, ids = args.num_generations, encode(tokenizer, prompts, args)
-    if args.use_vllm:
-        responses = sample_vllm(vllm_engine, model, ids, n, max_new_tokens, args)
-    else:
-        responses = sample(model, tokenizer, ids, n, max_new_tokens, args, device, seeds, args.temperature)
+    responses = (sample_vllm(vllm_engine, model, ids, n, args) if args.use_vllm else
+                 sample(model, tokenizer, ids, n, args.max_new_tokens, args, device, seeds, args.temperature))
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
     correct = [parity_reward(t, answers[i // n]) if args.dataset == "parity" else
                math_reward(t, answers[i // n], args.answer_format) for i, t in enumerate(texts)]
-    return [(ids[g], responses[g * n: (g + 1) * n], correct[g * n: (g + 1) * n], texts[g * n: (g + 1) * n])
-            for g in range(len(prompts))]
+    return [(ids[g], *(x[g * n: (g + 1) * n] for x in (responses, correct, texts))) for g in range(len(ids))]
 
 
 def pad_batch(prompts, responses, pad_id, device):
@@ -559,35 +507,30 @@ def pad_batch(prompts, responses, pad_id, device):
             torch.tensor([[True] * len(r) + [False] * (R - len(r)) for r in responses], device=device))
 
 
-def micro_batches(batch, start, end, args, distributed):
+def micro_batches(batch, start, end, args):
     """Row ranges covering start:end: at most --micro-batch-size rows and (--max-tokens-per-micro-batch) padded
     tokens (one row may exceed it), as many on every rank (FSDP's collectives need it): a minibatch's own rows only."""
-    plen, rlen = batch[1].sum(1).tolist(), batch[3].sum(1).tolist()
-    out, s = [], start
-    while s < end:
-        e = s + 1
-        while e < end and e - s < args.micro_batch_size and (not args.max_tokens_per_micro_batch or (e + 1 - s) * (
-                max(plen[s: e + 1]) + max(rlen[s: e + 1])) <= args.max_tokens_per_micro_batch):
-            e += 1
-        out.append((s, e))
-        s = e
-    count = int(global_sum([len(out)], distributed, dist.ReduceOp.MAX)[0])
-    while len(out) < count:  # split the largest range until this rank has as many as the others
+    plen, rlen, out = batch[1].sum(1).tolist(), batch[3].sum(1).tolist(), []
+    for i in range(start, end):  # row i joins the current range s:i if it stays within both limits
+        s = out[-1][0] if out else start
+        if out and i - s < args.micro_batch_size and (not args.max_tokens_per_micro_batch or (i + 1 - s) * (
+                max(plen[s: i + 1]) + max(rlen[s: i + 1])) <= args.max_tokens_per_micro_batch):
+            out[-1] = (s, i + 1)
+        else:
+            out.append((i, i + 1))
+    while len(out) < global_sum([len(out)], dist.ReduceOp.MAX)[0]:  # split the largest range until as many as others
         i = max(range(len(out)), key=lambda j: out[j][1] - out[j][0])
         out[i: i + 1] = [(out[i][0], sum(out[i]) // 2), (sum(out[i]) // 2, out[i][1])]
     return out
 
 
-def trim(batch, s, e):
-    """Rows s:e of the rollout batch, padded only to their own longest prompt and response."""
-    prompt_ids, prompt_mask, response, response_mask = batch
-    p0, r = int(prompt_mask[s:e].any(0).long().argmax()), int(response_mask[s:e].sum(1).max())
-    return prompt_ids[s:e, p0:], prompt_mask[s:e, p0:], response[s:e, :r], response_mask[s:e, :r]
-
-
-def response_states(model, prompt_ids, prompt_mask, response, response_mask):
-    """Final hidden states [n, d] at the positions that predict the n valid response tokens, and those tokens [n]
-    (padding dropped). The model computes the logits of one position only: the head is applied in blocks."""
+def response_states(model, batch, s, e):
+    """Final hidden states [n, d] at the positions that predict the n valid response tokens of rows s:e, and those
+    tokens [n]. The rows are padded only to their own longest prompt and response, padding is dropped, and the model
+    computes the logits of one position only: the head is applied in blocks."""
+    prompt_ids, prompt_mask, response, response_mask = (t[s:e] for t in batch)
+    p0, r = int(prompt_mask.any(0).long().argmax()), int(response_mask.sum(1).max())  # the rows' own padding
+    prompt_ids, prompt_mask, response, response_mask = prompt_ids[:, p0:], prompt_mask[:, p0:], response[:, :r], response_mask[:, :r]
     attention_mask = torch.cat([prompt_mask, response_mask.long()], 1)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # as generate() numbers left-padded prompts
     out = model(input_ids=torch.cat([prompt_ids, response], 1), attention_mask=attention_mask, use_cache=False,
@@ -609,31 +552,23 @@ def block_logprobs(head, hidden, tokens, inv_temp, topk):
 def token_logprobs(head, hidden, tokens, inv_temp, topk):
     """log π(token) [n] from hidden states [n, d], LOGIT_CHUNK tokens at a time; with grad, each block's logits are
     recomputed in backward (checkpointed), so one float32 block is alive at a time."""
-    out = []
-    for i in range(0, len(hidden), LOGIT_CHUNK):
-        block = (head, hidden[i: i + LOGIT_CHUNK], tokens[i: i + LOGIT_CHUNK], inv_temp[i: i + LOGIT_CHUNK], topk)
-        grad = torch.is_grad_enabled()
-        out.append(checkpoint(block_logprobs, *block, use_reentrant=False) if grad else block_logprobs(*block))
-    return torch.cat(out)
+    grad, c = torch.is_grad_enabled(), LOGIT_CHUNK
+    blocks = [(head, hidden[i: i + c], tokens[i: i + c], inv_temp[i: i + c], topk) for i in range(0, len(hidden), c)]
+    return torch.cat([checkpoint(block_logprobs, *b, use_reentrant=False) if grad else block_logprobs(*b) for b in blocks])
 
 
 @torch.no_grad()
 def token_entropy(head, hidden, inv_temp):
     """Entropy [n] of each token's distribution, LOGIT_CHUNK tokens at a time, without grad."""
-    out = []
-    for i in range(0, len(hidden), LOGIT_CHUNK):
-        logp = (head(hidden[i: i + LOGIT_CHUNK]).float() * inv_temp[i: i + LOGIT_CHUNK, None]).log_softmax(-1)
-        out.append(-(logp.exp() * logp).sum(-1))
-    return torch.cat(out)
+    c = LOGIT_CHUNK
+    logps = ((head(hidden[i: i + c]).float() * inv_temp[i: i + c, None]).log_softmax(-1) for i in range(0, len(hidden), c))
+    return torch.cat([-(logp.exp() * logp).sum(-1) for logp in logps])
 
 
-def group_advantages(rewards, group_size, scale, batch_std):
-    """GRPO advantages: reward minus its group mean, divided by the group std, the batch std, or nothing."""
+def group_advantages(rewards, group_size):
+    """GRPO advantages: reward minus its group mean, divided by the group std."""
     grouped = rewards.view(-1, group_size)
-    centred = (grouped - grouped.mean(1, keepdim=True)).view(-1)
-    if scale == "group":
-        return centred / (grouped.std(1).repeat_interleave(group_size) + 1e-6)
-    return centred / (batch_std + 1e-6) if scale == "batch" else centred
+    return ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-6)).view(-1)
 
 
 def pass_at_k(n, c, k):
@@ -642,91 +577,74 @@ def pass_at_k(n, c, k):
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, args, device, step):
-    """avg@n and unbiased pass@k on the sampled sets, greedy accuracy on the greedy sets; rows split over ranks."""
+def evaluate(model, tokenizer, eval_sets, args, device, step, writer):
+    """avg@n and unbiased pass@k on the sampled sets, greedy accuracy on the greedy sets (rows split over the ranks);
+    printed and logged at `step` by rank 0."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     results = {}
-    sets = [(p, False) for p in args.eval_sampled_sets] + [(p, True) for p in args.eval_greedy_sets]
-    for number, (path, greedy) in enumerate(sets):
-        problems, answers = load_problems(read_rows(path), path, None, "answer")
-        problems, answers = problems[: args.eval_limit or None], answers[: args.eval_limit or None]
-        n = 1 if greedy else args.eval_num_samples
-        ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= n]
-        mine = list(range(rank, len(problems), world))
-        mine += [None] * (-(-len(problems) // world) - len(mine))  # as many generate calls on every rank
-        sums = np.zeros(len(ks) + 2)  # avg, pass@k..., rows
-        for i in range(0, len(mine), args.eval_batch_size):
-            idx = mine[i: i + args.eval_batch_size]
-            ids = encode(tokenizer, [format_prompt(problems[j or 0], tokenizer, args) for j in idx], args)
-            texts = tokenizer.batch_decode(sample(model, tokenizer, ids, n, args.eval_max_new_tokens, args, device, (
-                args.seed, step, MAX_SAMPLING_ROUNDS + number), args.eval_temperature, args.eval_top_p, greedy),
-                skip_special_tokens=True)
-            for b, j in enumerate(idx):
-                if j is not None:
-                    c = sum(math_reward(t, answers[j], args.answer_format) for t in texts[b * n: (b + 1) * n])
-                    sums += [c / n, *(pass_at_k(n, c, k) for k in ks), 1]
-        sums = global_sum(sums.tolist(), world > 1)
-        name, rows = os.path.splitext(os.path.basename(path))[0], max(sums[-1], 1)
-        if greedy:
-            results[f"eval/{name}/greedy_acc"] = sums[0] / rows
-        else:
-            results[f"eval/{name}/avg@{n}"] = sums[0] / rows
-            results.update({f"eval/{name}/pass@{k}": sums[1 + m] / rows for m, k in enumerate(ks)})
+    for number, (path, prompts, answers) in enumerate(eval_sets):
+        greedy, name = number >= len(args.eval_sampled_sets), os.path.splitext(os.path.basename(path))[0]
+        n, mine = 1 if greedy else args.eval_num_samples, range(rank, -(-len(prompts) // world) * world, world)
+        ids = encode(tokenizer, [prompts[j % len(prompts)] for j in mine], args)  # padded: as many generate calls per rank
+        texts = tokenizer.batch_decode(sample(model, tokenizer, ids, n, args.eval_max_new_tokens, args, device, (
+            args.seed, step, MAX_SAMPLING_ROUNDS + number), args.eval_temperature, args.eval_top_p, greedy), skip_special_tokens=True)
+        counts = [0] * len(prompts)  # correct samples per problem, summed over the ranks
+        for b, j in enumerate(mine):
+            if j < len(prompts):
+                counts[j] = sum(math_reward(t, answers[j], args.answer_format) for t in texts[b * n: (b + 1) * n])
+        counts = global_sum(counts)
+        results[f"eval/{name}/" + ("greedy_acc" if greedy else f"avg@{n}")] = sum(c / n for c in counts) / len(counts)
+        for k in [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= n and not greedy]:
+            results[f"eval/{name}/pass@{k}"] = sum(pass_at_k(n, c, k) for c in counts) / len(counts)
+    if writer:
+        for k, v in results.items():
+            print(f"{k}: {v:.4f}")
+            writer.add_scalar(k, v, step)
     return results
 
 
 def main(args):
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    distributed = world_size > 1  # under torchrun: FSDP2 over the ranks; else one process on one device (as nanoGPT)
+    world_size = int(os.environ.get("WORLD_SIZE", 1))  # under torchrun: FSDP2 over the ranks; else one process (as nanoGPT)
     rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
-    checkpoint_ = None
     try:
-        if args.resume:
-            args, checkpoint_ = load_checkpoint(args)
+        args, checkpoint_ = load_checkpoint(args) if args.resume else (args, None)
         check_args(args, world_size)
-        rows = [] if args.eval_only or args.dataset == "parity" else read_rows(args.dataset, args.dataset_split)
-        problems, answers = ([f"{d}=" for d in range(10)], list(range(10))) if args.dataset == "parity" else (
-            load_problems(rows, args.dataset, args.prompt_field, args.answer_field) if rows else ([], []))
-        texts = [json.dumps(r, ensure_ascii=False) for p in args.eval_sampled_sets + args.eval_greedy_sets
-                 for r in read_rows(p)] + [json.dumps(r, ensure_ascii=False) for r in rows]
-        vocab_chars = PARITY_CHARS + "".join(sorted({c for t in texts for c in t}))  # `tiny`: one token per character
+        args.max_new_tokens = args.max_new_tokens or (2 if args.dataset == "parity" else 1024)
+        device = torch.device(f"cuda:{local_rank}" if args.cuda and torch.cuda.is_available() else "cpu")
+        math_set = args.dataset != "parity" and not args.eval_only  # else the built-in parity task (unused by --eval-only)
+        paths = args.eval_sampled_sets + args.eval_greedy_sets
+        rows = [read_rows(args.dataset) if math_set else []] + [read_rows(p) for p in paths]
         source = os.path.join(os.path.dirname(args.resume), checkpoint_["policy"]) if checkpoint_ else args.model_name
-        tokenizer = make_tokenizer(source, vocab_chars)
-        prompts = problems if args.dataset == "parity" else [format_prompt(p, tokenizer, args) for p in problems]
-        if prompts and args.dataset != "parity":
-            check_answer_format(prompts, args, args.dataset)
-        config = make_config(source, len(tokenizer))
-        max_new_tokens = args.max_new_tokens or (2 if args.dataset == "parity" else 1024)
-        plan, params = memory_plan(config, args, world_size, max_new_tokens)
+        tokenizer, config = load_tokenizer_and_config(source, [r for set_rows in rows for r in set_rows])
+        prompts, answers = load_problems(rows[0], f"--dataset {args.dataset}", tokenizer, args, args.prompt_field,
+                                         args.answer_field) if math_set else ([f"{d}=" for d in range(10)], list(range(10)))
+        eval_sets = [(p, *load_problems(r[: args.eval_limit or None], f"--eval-sampled-sets/--eval-greedy-sets {p}", tokenizer, args))
+                     for p, r in zip(paths, rows[1:])]
+        plan, params = memory_plan(config, args, world_size)
+        if rank == 0 and (device.type == "cuda" or args.dry_run):
+            print(f"memory plan per GPU ({params / 1e9:.2f}B parameters, {world_size} GPU(s)): " + ", ".join(
+                f"{k} {v:.1f}" for k, v in plan.items()) + f"; total {sum(plan.values()):.1f} GB")
+        if device.type == "cuda" and sum(plan.values()) > torch.cuda.get_device_properties(device).total_memory / 2 ** 30:
+            raise ValueError(f"--micro-batch-size: the memory plan needs {sum(plan.values()):.1f} GB per GPU, more than "
+                             f"{device} has; lower --micro-batch-size, --generation-batch-size or --max-new-tokens, or use more GPUs")
     except ValueError as e:
         fail(e)
-    use_cuda = args.cuda and torch.cuda.is_available()
-    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-    if rank == 0 and (use_cuda or args.dry_run):
-        print(f"memory plan per GPU ({params / 1e9:.2f}B parameters, {world_size} GPU(s)): " + ", ".join(
-            f"{k} {v:.1f}" for k, v in plan.items()) + f"; total {sum(plan.values()):.1f} GB")
     if args.dry_run:
         return plan
-    if use_cuda and sum(plan.values()) > torch.cuda.get_device_properties(device).total_memory / 2 ** 30:
-        fail(f"--micro-batch-size: the memory plan needs {sum(plan.values()):.1f} GB per GPU, more than cuda:{local_rank} "
-             f"has; lower --micro-batch-size, --generation-batch-size or --max-new-tokens, or use more GPUs")
-    if distributed:
-        if use_cuda:
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    args.exp_name += "" if args.era else "_noera"  # ERA
+    if world_size > 1:
+        torch.cuda.set_device(device) if device.type == "cuda" else None
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    args.exp_name += "" if args.era or checkpoint_ else "_noera"  # ERA
     data_name = "eval_" + os.path.basename(source) if args.eval_only else os.path.splitext(os.path.basename(args.dataset))[0]
     run_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else os.path.join(
         args.runs_dir, f"{data_name}__{args.exp_name}__{args.seed}__{int(time.time())}")
-    writer = None
-    if rank == 0:
-        if args.track:
-            import wandb
-            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
-                       name=os.path.basename(run_dir), id=os.path.basename(run_dir), resume="allow", save_code=True)
-        writer = SummaryWriter(run_dir, purge_step=checkpoint_["global_step"] + 1 if checkpoint_ else None)
-        if checkpoint_ is None:
-            writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    if rank == 0 and args.track:
+        __import__("wandb").init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
+                                 name=os.path.basename(run_dir), id=os.path.basename(run_dir), resume="allow", save_code=True)
+    from torch.utils.tensorboard import SummaryWriter  # (imported here: bad input fails fast)
+    writer = SummaryWriter(run_dir, purge_step=checkpoint_["global_step"] + 1 if checkpoint_ else None) if rank == 0 else None
+    if writer and checkpoint_ is None:
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed + rank)
@@ -735,37 +653,14 @@ def main(args):
     torch.use_deterministic_algorithms(args.torch_deterministic, warn_only=True)
     data_rng = np.random.default_rng(args.seed)  # the same prompts on every rank
 
-    # the policy (and the frozen reference): float32 master weights; FSDP2 shards them per decoder layer, then the rest
-    models = [make_model(source, config, args.seed)] + ([make_model(args.model_name, config, args.seed)] if args.beta else [])
-    for m in models:
-        if use_cuda and args.gradient_checkpointing:
-            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        for layer in m.model.layers:
-            if args.compile:
-                layer.compile()
-            if distributed:  # bf16 compute, gradients reduced in fp32 (on CUDA with --bf16)
-                mp = MixedPrecisionPolicy(torch.bfloat16, torch.float32) if use_cuda and args.bf16 else MixedPrecisionPolicy()
-                fully_shard(layer, mp_policy=mp)
-        fully_shard(m, mp_policy=mp) if distributed else m.to(device)
-    model, ref_model = models[0], (models[1] if args.beta else None)
-    if ref_model is not None:
-        ref_model.requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)  # sharded
-    global_step = 0
+    model = make_model(source, config, args, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.0)  # sharded by FSDP
+    global_step = checkpoint_["global_step"] if checkpoint_ else 0
     if checkpoint_:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
         set_optimizer_state_dict(model, optimizer, checkpoint_["optimizer"], options=StateDictOptions(full_state_dict=True))
-        global_step = checkpoint_["global_step"]
         data_rng.bit_generator.state = checkpoint_["data_rng"]
         set_rng_state(checkpoint_["rng"][min(rank, len(checkpoint_["rng"]) - 1)])
-
-    if args.eval_only:
-        results = evaluate(model, tokenizer, args, device, global_step)
-        for k, v in results.items():
-            if rank == 0:
-                print(f"{k}: {v:.4f}")
-                writer.add_scalar(k, v, global_step)
-        writer.close() if rank == 0 else None
-        return results
 
     stop = []  # the first SIGINT/SIGTERM: finish this optimizer step, save, exit 128 + signal; a second one stops at once
 
@@ -776,76 +671,60 @@ def main(args):
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     n, per_rank, vllm_engine, stopped = args.num_generations, args.batch_size // args.num_generations // world_size, [], 0
-    head, ref_head = model.get_output_embeddings(), ref_model.get_output_embeddings() if ref_model else None
-    while global_step < args.total_steps:
+    head = model.get_output_embeddings()
+    while global_step < args.total_steps and not args.eval_only:
         step_before, t0 = global_step, time.time()
         # ALGO LOGIC: rollouts. Every rank draws the same prompts and samples its share of them; with dynamic sampling
         # (DAPO), prompts are drawn again until every kept group has rewards that differ
-        kept, spare, rounds = [], [], 0
-        while True:
+        pool = []  # (prompt ids, responses, correct, texts) of each group sampled in this step
+        for rounds in range(1, MAX_SAMPLING_ROUNDS + 1):
             chosen = data_rng.integers(0, len(prompts), size=per_rank * world_size)[rank * per_rank: (rank + 1) * per_rank]
-            groups = rollout(model, tokenizer, [prompts[i] for i in chosen], [answers[i] for i in chosen], args,
-                             max_new_tokens, device, (args.seed, global_step, rounds), vllm_engine)
-            if rounds == 0:
-                first = groups  # the policy's own statistics: the first round's groups
-            rounds += 1
-            for g in groups:
-                (kept if not args.dynamic_sampling or len(set(g[2])) > 1 else spare).append(g)
-            if not args.dynamic_sampling or rounds == MAX_SAMPLING_ROUNDS or not global_sum(
-                    [len(kept) < per_rank], distributed)[0]:
+            pool += rollout(model, tokenizer, [prompts[i] for i in chosen], [answers[i] for i in chosen], args, device,
+                            (args.seed, global_step, rounds - 1), vllm_engine)
+            if not args.dynamic_sampling or not global_sum([sum(len(set(g[2])) > 1 for g in pool) < per_rank])[0]:
                 break
-        groups = (kept + spare)[:per_rank]  # spare (zero-variance) groups fill a batch only after the last round
-        rewards = torch.tensor([float(c) for g in groups for c in g[2]], device=device)
-        rewards = rewards * 2 - 1 if args.reward_type == "pm1" else rewards
-        r_sum, r2_sum, count = global_sum([rewards.sum().item(), (rewards ** 2).sum().item(), len(rewards)], distributed)
-        advantages = group_advantages(rewards, n, args.scale_rewards, math.sqrt(max(r2_sum - r_sum ** 2 / count, 0) / max(count - 1, 1)))
+        first = pool[:per_rank]  # the policy's own statistics: the first round's groups
+        if args.dynamic_sampling:  # groups whose rewards differ first; zero-variance ones fill the batch only if needed
+            pool.sort(key=lambda g: len(set(g[2])) == 1)
+        groups = pool[:per_rank]
+        advantages = group_advantages(torch.tensor([2.0 * c - 1 for g in groups for c in g[2]], device=device), n)  # reward ±1
         batch = pad_batch([g[0] for g in groups for _ in range(n)], [r for g in groups for r in g[1]], tokenizer.pad_token_id, device)
         response_mask, (B, R) = batch[3], batch[3].shape
         t_rollout = time.time() - t0
 
-        # ALGO LOGIC: score the rollout without grad, micro-batch by micro-batch: token entropies, and the old (and
-        # reference) log-probs of the policy that is trained, whose inverse temperature ERA rescales per response
-        minibatches = [(s, s + B // args.num_minibatches) for s in range(0, B, B // args.num_minibatches)]
-        micro = [m for s, e in minibatches for m in micro_batches(batch, s, e, args, distributed)]
+        # ALGO LOGIC: score the rollout without grad, micro-batch by micro-batch: token entropies, and the old
+        # log-probs of the policy that is trained, whose inverse temperature ERA rescales per response
+        minibatches = [micro_batches(batch, s, s + B // args.num_minibatches, args) for s in range(0, B, B // args.num_minibatches)]
         inv_temp = torch.full((B,), 1 / args.temperature, device=device)
-        token_ent, old_logp, ref_logp = (torch.zeros(B, R, device=device) for _ in range(3))
+        token_ent, old_logp = torch.zeros(B, R, device=device), torch.zeros(B, R, device=device)
         resp_entropy = torch.zeros(B, device=device)  # ERA
-        with torch.no_grad(), autocast(device, args):
-            for s, e in micro:
-                mb = trim(batch, s, e)
-                m, r = mb[3], mb[3].shape[1]
-                hidden, tokens = response_states(model, *mb)
-                token_ent[s:e, :r][m] = token_entropy(head, hidden, inv_temp[s:e, None].expand_as(m)[m])
+        with torch.no_grad(), autocast(device):
+            for s, e in [r for micro in minibatches for r in micro]:
+                m, (hidden, tokens) = response_mask[s:e], response_states(model, batch, s, e)
+                token_ent[s:e][m] = token_entropy(head, hidden, inv_temp[s:e, None].expand_as(m)[m])
                 if args.era:  # ERA: H from the unmodified logits; the logits of A > 0 responses outside [ω_low, ω_high] x k or / k
-                    resp_entropy[s:e] = top_entropy_mean(token_ent[s:e], response_mask[s:e], args.era_top_frac)  # ERA
+                    resp_entropy[s:e] = top_entropy_mean(token_ent[s:e], m, 0.2)  # ERA
                     rule = advantages[s:e].trunc() if args.era_adv_rule == "official" else advantages[s:e]  # ERA
                     inv_temp[s:e] = era_llm_transform(inv_temp[s:e, None], resp_entropy[s:e], rule, args.omega_low,  # ERA
                                                       args.omega_high, args.era_k)[0][:, 0]  # ERA
                     advantages[s:e] = era_llm_transform(advantages[s:e, None], resp_entropy[s:e], advantages[s:e],  # ERA
                                                         args.omega_low, args.omega_high, args.era_k, args.era_scale_advantages)[1]  # ERA
-                old_logp[s:e, :r][m] = token_logprobs(head, hidden, tokens, inv_temp[s:e, None].expand_as(m)[m], args.topk_logprobs)
-                if ref_model is not None:
-                    ref_hidden = response_states(ref_model, *mb)[0]
-                    ref_logp[s:e, :r][m] = token_logprobs(ref_head, ref_hidden, tokens, torch.full_like(ref_hidden[:, 0], 1 / args.temperature), args.topk_logprobs)
+                old_logp[s:e][m] = token_logprobs(head, hidden, tokens, inv_temp[s:e, None].expand_as(m)[m], args.topk_logprobs)
 
         # ALGO LOGIC: the update. Per minibatch, the token-mean clipped-ratio loss over all ranks' tokens, gradients
         # accumulated over its micro-batches, then one optimizer step
-        stats = torch.zeros(3, device=device)  # policy-loss sum, clipped tokens, KL sum
-        for mb_start, mb_end in minibatches:
-            mb_tokens = global_sum([response_mask[mb_start:mb_end].sum().item()], distributed)[0]
-            for s, e in [(s, e) for s, e in micro if mb_start <= s < mb_end]:
-                mb = trim(batch, s, e)
-                m, r = mb[3], mb[3].shape[1]
-                with autocast(device, args):
-                    hidden, tokens = response_states(model, *mb)
+        stats = torch.zeros(2, device=device)  # policy-loss sum, clipped tokens
+        for micro in minibatches:
+            mb_tokens = global_sum([response_mask[micro[0][0]: micro[-1][1]].sum().item()])[0]
+            for s, e in micro:
+                with autocast(device):
+                    m, (hidden, tokens) = response_mask[s:e], response_states(model, batch, s, e)
                     logp = token_logprobs(head, hidden, tokens, inv_temp[s:e, None].expand_as(m)[m], args.topk_logprobs)
-                ratio, a = torch.exp(logp - old_logp[s:e, :r][m]), advantages[s:e, None].expand_as(m)[m]
+                ratio, a = torch.exp(logp - old_logp[s:e][m]), advantages[s:e, None].expand_as(m)[m]
                 pg = torch.maximum(-a * ratio, -a * ratio.clamp(1 - args.clip_low, 1 + args.clip_high))
-                d = ref_logp[s:e, :r][m] - logp
-                kl = torch.exp(d) - d - 1 if ref_model is not None else torch.zeros_like(pg)  # k3 estimate of KL(π || π_ref)
-                ((pg + args.beta * kl).sum() / mb_tokens * world_size).backward()  # FSDP averages gradients over ranks
+                (pg.sum() / mb_tokens * world_size).backward()  # FSDP averages gradients over ranks
                 clipped = ((ratio > 1 + args.clip_high) & (a > 0)) | ((ratio < 1 - args.clip_low) & (a < 0))
-                stats += torch.stack([pg.detach().sum(), clipped.sum(), kl.detach().sum()])
+                stats += torch.stack([pg.detach().sum(), clipped.sum()])
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -854,55 +733,49 @@ def main(args):
 
         # TRY NOT TO MODIFY: record metrics, evaluate, save at the step boundary
         if global_step // args.log_every > step_before // args.log_every or global_step >= args.total_steps:
-            correct = [c for g in first for c in g[2]]
-            (loss_sum, clipped, kl_sum, ent_sum, tokens, responses, n_correct, sampled, zero_var, num_groups,
-             distinct) = global_sum(stats.tolist() + [(token_ent * response_mask).sum().item(), response_mask.sum().item(), B,
-                                    sum(correct), len(correct), sum(len(set(g[2])) == 1 for g in first), len(first),
-                                    sum(len({t for t, c in zip(g[3], g[2]) if c}) for g in first)], distributed)
-            low, acc = (-1.0 if args.reward_type == "pm1" else 0.0), n_correct / sampled
+            loss_sum, clipped, ent_sum, tokens, n_correct, zero_var, distinct = global_sum(stats.tolist() + [
+                (token_ent * response_mask).sum().item(), response_mask.sum().item(), sum(sum(g[2]) for g in first),
+                sum(len(set(g[2])) == 1 for g in first), sum(len({t for t, c in zip(g[3], g[2]) if c}) for g in first)])
+            acc, num_groups, responses = n_correct / args.batch_size, args.batch_size // n, args.batch_size
             metrics = {"losses/policy_loss": loss_sum / tokens, "losses/clipfrac": clipped / tokens,
                        "losses/grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
-                       "charts/reward_mean": low + (1 - low) * acc, "charts/reward_std": (1 - low) * math.sqrt(acc * (1 - acc)),
+                       "charts/reward_mean": 2 * acc - 1, "charts/reward_std": 2 * math.sqrt(acc * (1 - acc)),
                        "charts/accuracy": acc, "charts/frac_zero_std_groups": zero_var / num_groups,
                        "charts/distinct_correct_per_group": distinct / num_groups, "charts/token_entropy": ent_sum / tokens,
                        "charts/response_length": tokens / responses, "perf/tokens_per_sec": tokens / step_time,
                        "perf/rollout_time_frac": t_rollout / step_time, "perf/update_time": step_time - t_rollout}
-            if ref_model is not None:
-                metrics["losses/kl"] = kl_sum / tokens
             if args.dynamic_sampling:
                 metrics["charts/sampling_rounds"] = rounds
             if args.era:  # ERA
                 h_sum, sharpened, flattened = global_sum([resp_entropy.sum().item(), (inv_temp > 1 / args.temperature).sum().item(),  # ERA
-                                                          (inv_temp < 1 / args.temperature).sum().item()], distributed)  # ERA
+                                                          (inv_temp < 1 / args.temperature).sum().item()])  # ERA
                 metrics.update({"charts/top20_entropy": h_sum / responses, "era/frac_sharpened": sharpened / responses,  # ERA
                                 "era/frac_flattened": flattened / responses})  # ERA
             if rank == 0:
                 for k, v in metrics.items():
                     writer.add_scalar(k, v, global_step)
                 print(f"step {global_step}: reward {metrics['charts/reward_mean']:.3f}, entropy {metrics['charts/token_entropy']:.3f}")
-        if (args.eval_sampled_sets or args.eval_greedy_sets) and (global_step >= args.total_steps or (
-                args.eval_every and global_step // args.eval_every > step_before // args.eval_every)):
-            for k, v in evaluate(model, tokenizer, args, device, global_step).items():
-                if rank == 0:
-                    print(f"{k}: {v:.4f}")
-                    writer.add_scalar(k, v, global_step)
-        stopped = int(global_sum([stop[0] if stop else 0], distributed, dist.ReduceOp.MAX)[0])  # all ranks stop together
+        if eval_sets and (global_step >= args.total_steps or args.eval_every and global_step // args.eval_every > step_before // args.eval_every):
+            evaluate(model, tokenizer, eval_sets, args, device, global_step, writer)
+        stopped = int(global_sum([stop[0] if stop else 0], dist.ReduceOp.MAX)[0])  # all ranks stop together
         if stopped or global_step >= args.total_steps or (args.save_every and global_step // args.save_every > step_before // args.save_every):
-            save_checkpoint(run_dir, global_step, model, tokenizer, optimizer, rank, args=asdict(args), global_step=global_step,
+            save_checkpoint(run_dir, model, tokenizer, optimizer, rank, args=asdict(args), global_step=global_step,
                             data_rng=data_rng.bit_generator.state)
         if stopped:
             break
 
-    if rank == 0:
+    results = evaluate(model, tokenizer, eval_sets, args, device, global_step, writer) if args.eval_only else None
+    if writer:
         writer.close()
     for s, handler in previous.items():
         signal.signal(s, handler)
-    if distributed:
+    if world_size > 1:
         dist.destroy_process_group()
     if stopped:
         if rank == 0:
             print(f"stopped by signal {stopped}: continue with python {SCRIPT} --resume {run_dir}/checkpoint.pt", file=sys.stderr)
         sys.exit(128 + stopped)
+    return results
 
 
 if __name__ == "__main__":

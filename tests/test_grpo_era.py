@@ -1,7 +1,7 @@
 """Tests for grpo_era.py: the tiny random Qwen2 on the parity task (and a few math rows) on CPU.
 
 The run skeleton (bad input, signals, resume, two processes) is driven through the command line as a user does;
-the math helpers and short behaviour checks run in this process.
+one reference run serves all of those tests. The math helpers and short behaviour checks run in this process.
 """
 import itertools
 import json
@@ -20,7 +20,10 @@ import grpo_era  # noqa: E402
 from grpo_era import Args  # noqa: E402
 
 MATH_EVAL = ROOT.parent / "shared" / "data" / "math_eval"
-TINY = ["--total-steps", "4", "--batch-size", "8", "--num-generations", "4", "--learning-rate", "3e-3"]
+# the reference run: 6 steps of 2 prompts x 4 responses, one prompt per generate call (as with 2 processes), saved
+# every step (policy_<step>/ and checkpoint.pt)
+REFERENCE = ["--no-cuda", "--total-steps", "6", "--batch-size", "8", "--num-generations", "4", "--learning-rate", "3e-3",
+             "--generation-batch-size", "4", "--save-every", "1"]
 GRPO_TAGS = {"losses/policy_loss", "losses/clipfrac", "losses/grad_norm", "charts/reward_mean", "charts/reward_std",
              "charts/frac_zero_std_groups", "charts/token_entropy", "charts/response_length", "charts/accuracy",
              "charts/distinct_correct_per_group", "perf/tokens_per_sec", "perf/rollout_time_frac", "perf/update_time"}
@@ -61,35 +64,25 @@ def boxed_rows(n=4):
 
 # ---------------------------------------------------------------- the run skeleton, through the command line
 @pytest.fixture(scope="module")
-def saved_run(tmp_path_factory):
-    """A finished 1-step run: its checkpoint.pt and policy_1/."""
-    runs = tmp_path_factory.mktemp("saved")
-    proc = run_script("grpo_era.py", "--no-cuda", *TINY[2:], "--total-steps", "1", "--runs-dir", runs)
+def reference(tmp_path_factory):
+    """The uninterrupted reference run: its run directory (checkpoint.pt, policy_6/, tensorboard scalars)."""
+    runs = tmp_path_factory.mktemp("reference")
+    proc = run_script("grpo_era.py", *REFERENCE, "--runs-dir", runs)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return only_run_dir(runs)
 
 
-def bad_input_cases():
-    return [
-        (["--batch-size", "0"], "--batch-size"),
-        (["--num-minibatches", "0"], "--num-minibatches"),
-        (["--log-every", "0"], "--log-every"),
-        (["--max-new-tokens", "0"], "--max-new-tokens"),
-        (["--save-every", "-1"], "--save-every"),
-        (["--learning-rate", "nan"], "--learning-rate"),
-        (["--omega-low", "3.5"], "--omega-low"),
-        (["--recipe", "fast"], "--recipe"),
-        (["--resume", "{missing}"], "--resume"),
-        (["--resume", "{empty}"], "--resume"),
-        (["--resume", "{truncated}"], "--resume"),
-        (["--resume", "{foreign}"], "--resume"),
-        (["--resume", "{checkpoint}", "--learning-rate", "1e-3"], "--learning-rate"),
-    ]
-
-
-@pytest.mark.parametrize("flags,flag", bad_input_cases())
-def test_bad_input_one_line_exit_2(flags, flag, saved_run, tmp_path):
-    ckpt = saved_run / "checkpoint.pt"
+@pytest.mark.parametrize("flags,flag", [
+    (["--learning-rate", "nan"], "--learning-rate"),
+    (["--recipe", "fast"], "--recipe"),
+    (["--resume", "{missing}"], "--resume"),
+    (["--resume", "{empty}"], "--resume"),
+    (["--resume", "{truncated}"], "--resume"),
+    (["--resume", "{foreign}"], "--resume"),
+    (["--resume", "{checkpoint}", "--learning-rate", "1e-3"], "--learning-rate"),
+])
+def test_bad_input_one_line_exit_2(flags, flag, reference, tmp_path):
+    ckpt = reference / "checkpoint.pt"
     (tmp_path / "empty.pt").write_bytes(b"")
     (tmp_path / "truncated.pt").write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     torch.save({"script": "sac_era.py", "args": {}}, tmp_path / "foreign.pt")
@@ -97,60 +90,86 @@ def test_bad_input_one_line_exit_2(flags, flag, saved_run, tmp_path):
                  foreign=tmp_path / "foreign.pt", checkpoint=ckpt)
     flags = [f.format(**paths) for f in flags] + ([] if "--resume" in flags else ["--runs-dir", tmp_path / "runs"])
     line = assert_bad_input("grpo_era.py", "--no-cuda", *flags, flag=flag,
-                            protect=[ckpt, saved_run / "policy_1" / "model.safetensors"])
+                            protect=[ckpt, reference / "policy_6" / "model.safetensors"])
     assert (line.startswith(f"error: {flag}") or "invalid choice" in line) and not (tmp_path / "runs").exists()
 
 
-SIGNAL_RUN = ["--no-cuda", *TINY, "--save-every", "1"]
+def test_more_bad_input_in_process(tmp_path, capsys):
+    """The same one-line refusal for the flags tyro cannot check, without a subprocess each."""
+    for kw in (dict(batch_size=0), dict(num_minibatches=0), dict(log_every=0), dict(max_new_tokens=0),
+               dict(save_every=-1), dict(num_generations=1), dict(omega_low=3.5), dict(era_k=1.0),
+               dict(temperature=math.inf), dict(clip_low=1.5), dict(eval_only=True), dict(dataset=str(tmp_path / "no.jsonl"))):
+        with pytest.raises(SystemExit) as e:
+            grpo_era.main(tiny(tmp_path, **kw))
+        err = capsys.readouterr().err.strip().splitlines()
+        flag = "--" + next(iter(kw)).replace("_", "-")
+        assert e.value.code == 2 and len(err) == 1 and err[0].startswith(f"error: {flag}"), (kw, err)
+    assert not (tmp_path / "runs").exists()
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    """What the signal tests' run logs when nothing stops it."""
-    runs = tmp_path_factory.mktemp("uninterrupted")
-    reference = run_script("grpo_era.py", *SIGNAL_RUN, "--runs-dir", runs)
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    return scalars(only_run_dir(runs))
-
-
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_saves_and_resume_alone_is_exact(sig, uninterrupted, tmp_path):
-    flags = SIGNAL_RUN
-    proc = start_script("grpo_era.py", *flags, "--runs-dir", tmp_path / "cut")
-    code, out, err = signal_when(proc, lambda: list((tmp_path / "cut").glob("*/checkpoint.pt")), sig)
-    assert code == 128 + sig, err[-3000:]
+def test_sigterm_then_sigint_save_and_resume_alone_is_exact(reference, tmp_path, monkeypatch, one_thread):
+    """SIGTERM mid-run: exit 143 with a checkpoint; `--resume PATH` alone continues, and a SIGINT mid-way through that
+    run: exit 130 with a newer checkpoint; `--resume PATH` alone finishes (here in this process, on one thread as the
+    subprocesses). Every scalar equals the reference run's."""
+    proc = start_script("grpo_era.py", *REFERENCE, "--runs-dir", tmp_path / "cut")
+    code, out, err = signal_when(proc, lambda: list((tmp_path / "cut").glob("*/checkpoint.pt")), signal.SIGTERM)
+    assert code == 143, err[-3000:]
     run_dir = only_run_dir(tmp_path / "cut")
-    step = torch.load(run_dir / "checkpoint.pt", weights_only=False)["global_step"]
-    assert 1 <= step < 4, "the signal should land mid-run"
-    assert f"--resume {run_dir}/checkpoint.pt" in err
-    resumed = run_script("grpo_era.py", "--resume", run_dir / "checkpoint.pt")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_scalars(uninterrupted, scalars(run_dir))
-    assert sorted(p.name for p in run_dir.glob("policy_*")) == ["policy_4"]
+    ckpt = run_dir / "checkpoint.pt"
+    assert f"--resume {ckpt}" in err
+    step = torch.load(ckpt, weights_only=False)["global_step"]
+    saved = ckpt.stat().st_mtime_ns
+    proc = start_script("grpo_era.py", "--resume", ckpt)
+    code, out, err = signal_when(proc, lambda: ckpt.stat().st_mtime_ns != saved, signal.SIGINT)
+    assert code == 130, err[-3000:]
+    assert step < torch.load(ckpt, weights_only=False)["global_step"] < 6, "both signals should land mid-run"
+    monkeypatch.setattr(sys, "argv", ["grpo_era.py", "--resume", str(ckpt)])
+    grpo_era.main(grpo_era.parse_args())
+    assert_same_scalars(scalars(reference), scalars(run_dir))
+    assert sorted(p.name for p in run_dir.glob("policy_*")) == ["policy_6"]
 
 
-def test_fsdp_two_processes_match_one_and_save_a_loadable_policy(tmp_path):
+def test_fsdp_two_processes_match_one_and_save_a_loadable_policy(reference, tmp_path):
     """`torchrun --nproc-per-node 2` (FSDP2, gloo on CPU) logs what one process logs, within float tolerance: the
     rollouts are seeded per generate call, so both sample the same responses."""
-    flags = ["--no-cuda", *TINY[:1], "3", *TINY[2:], "--generation-batch-size", "4", "--save-every", "0"]
-    one = run_script("grpo_era.py", *flags, "--runs-dir", tmp_path / "one")
-    assert one.returncode == 0, one.stderr[-3000:]
+    flags = [*REFERENCE[:-1], "0"]  # saved at the end only
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          str(ROOT / "grpo_era.py"), *flags, "--runs-dir", str(tmp_path / "two")],
+                          str(ROOT / "grpo_era.py"), *flags, "--runs-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=600, cwd=ROOT, env=script_env())
     assert two.returncode == 0, two.stderr[-3000:]
-    a, b = without_timing(scalars(only_run_dir(tmp_path / "one"))), without_timing(scalars(only_run_dir(tmp_path / "two")))
+    a, b = without_timing(scalars(reference)), without_timing(scalars(only_run_dir(tmp_path)))
     assert sorted(a) == sorted(b) and {t for t in GRPO_TAGS | ERA_TAGS if not t.startswith("perf/")} <= set(a)
     for tag in a:
-        assert [s for s, _ in a[tag]] == [s for s, _ in b[tag]] == [1, 2, 3]
+        assert [s for s, _ in a[tag]] == [s for s, _ in b[tag]] == [1, 2, 3, 4, 5, 6]
         assert [v for _, v in a[tag]] == pytest.approx([v for _, v in b[tag]], rel=1e-4, abs=1e-6), tag
-    run_dir = only_run_dir(tmp_path / "two")
+    run_dir = only_run_dir(tmp_path)
     assert len(torch.load(run_dir / "checkpoint.pt", weights_only=False)["rng"]) == 2  # every rank's RNG states
     from transformers import AutoModelForCausalLM
-    two_model = AutoModelForCausalLM.from_pretrained(run_dir / "policy_3")
-    one_model = AutoModelForCausalLM.from_pretrained(only_run_dir(tmp_path / "one") / "policy_3")
+    two_model = AutoModelForCausalLM.from_pretrained(run_dir / "policy_6")
+    one_model = AutoModelForCausalLM.from_pretrained(reference / "policy_6")
     for (name, p), q in zip(two_model.named_parameters(), one_model.parameters()):
-        assert torch.allclose(p, q, atol=1e-6), name
+        assert torch.allclose(p, q, atol=1e-5), name  # Adam amplifies reduction-order noise in ~0 gradients
+
+
+def test_hf_outputs_and_eval_only(reference, tmp_path, monkeypatch):
+    """The saved policy loads with plain transformers; --eval-only --model-name DIR evaluates it (avg@n, pass@k,
+    greedy accuracy) with a grader that marks every third sample correct."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    policy = reference / "policy_6"
+    model, tok = AutoModelForCausalLM.from_pretrained(policy), AutoTokenizer.from_pretrained(policy)
+    assert tok.decode(tok("7=")["input_ids"]) == "7=" and model.config.vocab_size == 13
+    sets = tuple(write_rows(tmp_path / f"{name}.jsonl", boxed_rows(3)) for name in ("a", "b"))
+    kw = dict(eval_only=True, model_name=str(policy), eval_sampled_sets=sets[:1], eval_greedy_sets=sets[1:],
+              eval_num_samples=4, eval_max_new_tokens=3)
+    calls = []
+    monkeypatch.setattr(grpo_era, "math_reward", lambda text, answer, fmt: len(calls.append(0) or calls) % 3 == 1)
+    res = grpo_era.main(tiny(tmp_path / "eval", **kw))
+    counts = [sum((j * 4 + i) % 3 == 0 for i in range(4)) for j in range(3)]
+    assert res["eval/a/avg@4"] == pytest.approx(sum(counts) / 12)
+    for k in (1, 2, 4):
+        assert res[f"eval/a/pass@{k}"] == pytest.approx(sum(grpo_era.pass_at_k(4, c, k) for c in counts) / 3)
+    assert res["eval/b/greedy_acc"] == pytest.approx(sum((12 + j) % 3 == 0 for j in range(3)) / 3)
+    assert "eval/a/avg@4" in scalars(only_run_dir(tmp_path / "eval" / "runs"))
 
 
 # ---------------------------------------------------------------- behaviour, in this process
@@ -158,12 +177,14 @@ def test_both_variants_log_their_tags_and_share_the_first_rollout(tmp_path):
     era = run_logged(tmp_path / "era", total_steps=3, omega_low=2.6, omega_high=5.0)  # every winner sharpened
     base = run_logged(tmp_path / "base", total_steps=3, era=False)
     assert GRPO_TAGS | ERA_TAGS <= set(era) and GRPO_TAGS <= set(base) and not ERA_TAGS & set(base)
-    assert "noera" in only_run_dir(tmp_path / "base" / "runs").name and "losses/kl" not in era
+    assert "noera" in only_run_dir(tmp_path / "base" / "runs").name
     for tag in ("charts/reward_mean", "charts/token_entropy", "charts/distinct_correct_per_group"):
         assert first(era, tag) == first(base, tag)  # ERA never touches sampling nor the logged entropy
     assert first(era, "era/frac_sharpened") > 0 and first(era, "era/frac_flattened") == 0
     assert era["charts/token_entropy"][1:] != base["charts/token_entropy"][1:]  # but it changes the updates
     assert 2.3 < first(era, "charts/token_entropy") <= math.log(13)  # near-uniform random init over 13 tokens
+    for (_, acc), (_, mean), (_, std) in zip(era["charts/accuracy"], era["charts/reward_mean"], era["charts/reward_std"]):
+        assert mean == pytest.approx(2 * acc - 1) and std == pytest.approx(2 * math.sqrt(acc * (1 - acc)))  # ±1 rewards
 
 
 def test_ratio_is_one_on_policy_and_moves_after_a_minibatch(tmp_path):
@@ -182,20 +203,6 @@ def test_ratio_is_one_on_policy_and_moves_after_a_minibatch(tmp_path):
     assert 0 < first(official, "era/frac_sharpened") < first(paper, "era/frac_sharpened")
 
 
-def test_kl_reward_types_and_batch_scaling(tmp_path):
-    """The reference model equals the policy before the first update (KL exactly 0), then drifts; binary rewards
-    have mean = accuracy, ±1 rewards 2·accuracy - 1; batch-std scaling changes the update, not the rollout."""
-    kl = run_logged(tmp_path / "kl", beta=0.1, reward_type="binary", total_steps=3, learning_rate=3e-2)
-    assert kl["losses/kl"][0][1] == 0.0 and kl["losses/kl"][-1][1] > 0
-    for _, (step_acc, step_mean) in enumerate(zip(kl["charts/accuracy"], kl["charts/reward_mean"])):
-        assert step_mean[1] == pytest.approx(step_acc[1])
-    pm1 = run_logged(tmp_path / "pm1")
-    assert first(pm1, "charts/reward_mean") == pytest.approx(2 * first(pm1, "charts/accuracy") - 1)
-    batch = run_logged(tmp_path / "batch", scale_rewards="batch")
-    assert first(batch, "charts/reward_mean") == first(pm1, "charts/reward_mean")
-    assert first(batch, "losses/grad_norm") != first(pm1, "losses/grad_norm")
-
-
 def test_dynamic_sampling_keeps_drawing_until_groups_differ(tmp_path):
     logged = run_logged(tmp_path, dynamic_sampling=True, total_steps=3)
     rounds = [v for _, v in logged["charts/sampling_rounds"]]
@@ -209,12 +216,11 @@ def test_micro_batches_stay_inside_minibatches_and_the_token_budget():
     batch = grpo_era.pad_batch(prompts, responses, 0, "cpu")
     args = Args(micro_batch_size=3, max_tokens_per_micro_batch=10)
     for start, end in ((0, 4), (4, 8)):
-        micro = grpo_era.micro_batches(batch, start, end, args, False)
+        micro = grpo_era.micro_batches(batch, start, end, args)
         assert micro[0][0] == start and micro[-1][1] == end and all(a[1] == b[0] for a, b in zip(micro, micro[1:]))
-        for s, e in micro:
-            p, pm, r, rm = grpo_era.trim(batch, s, e)
-            assert e - s <= 3 and (e - s == 1 or p.numel() + r.numel() <= 10)
-            assert pm[:, 0].any() and rm[:, -1].any()  # padded only to their own longest prompt and response
+        for s, e in micro:  # each padded to its own longest prompt and response
+            padded = (e - s) * (max(map(len, prompts[s:e])) + max(map(len, responses[s:e])))
+            assert e - s <= 3 and (e - s == 1 or padded <= 10)
 
 
 def test_lean_logprobs_and_entropies_match_the_full_softmax(monkeypatch):
@@ -236,24 +242,28 @@ def test_lean_logprobs_and_entropies_match_the_full_softmax(monkeypatch):
 
 def test_training_logprobs_match_the_sampler():
     """The training pass (left-padded prompts, explicit position ids) scores each sampled token exactly as
-    generate() sampled it, so GRPO is on-policy."""
-    tok = grpo_era.make_tokenizer("tiny", "abcdefgh =?0123456789")
-    model = grpo_era.make_model("tiny", grpo_era.make_config("tiny", len(tok)), 3)
+    generate() sampled it, so GRPO is on-policy; a slice of rows is padded only to its own longest prompt."""
+    tok, config = grpo_era.load_tokenizer_and_config("tiny", [{"t": "abcdefgh =?0123456789"}])
+    model = grpo_era.make_model("tiny", config, Args(seed=3), torch.device("cpu"))
     enc = tok(["abc 12=?", "h=", "dead beef 7=?"], return_tensors="pt", padding=True, add_special_tokens=False)
     torch.manual_seed(0)
-    out = model.generate(enc["input_ids"], attention_mask=enc["attention_mask"], do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=6,
-                         num_return_sequences=2, output_logits=True, return_dict_in_generate=True,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    out = model.generate(enc["input_ids"], attention_mask=enc["attention_mask"], do_sample=True, temperature=1.0,
+                         top_k=0, top_p=1.0, max_new_tokens=6, num_return_sequences=2, output_logits=True,
+                         return_dict_in_generate=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     sampler = torch.stack(out.logits, 1).log_softmax(-1)
     responses = [r[: r.index(0) + 1] if 0 in r else r for r in out.sequences[:, enc["input_ids"].shape[1]:].tolist()]
     prompts = [[t for t, m in zip(i, a) if m] for i, a in zip(enc["input_ids"].repeat_interleave(2, 0).tolist(),
                                                               enc["attention_mask"].repeat_interleave(2, 0).tolist())]
     batch = grpo_era.pad_batch(prompts, responses, 0, "cpu")
+    widths = []
+    model.model.embed_tokens.register_forward_hook(lambda module, inputs, output: widths.append(inputs[0].shape[1]))
     with torch.no_grad():
-        hidden, tokens = grpo_era.response_states(model, *batch)
+        hidden, tokens = grpo_era.response_states(model, batch, 0, len(prompts))
         lp = grpo_era.token_logprobs(model.lm_head, hidden, tokens, torch.ones(len(tokens)), 0)
+        grpo_era.response_states(model, batch, 2, 4)  # the two responses to "h="
     ref = sampler[:, : batch[2].shape[1]].gather(-1, batch[2].unsqueeze(-1)).squeeze(-1)[batch[3]]
     assert len(lp) > 10 and torch.allclose(lp, ref, atol=1e-5)
+    assert widths == [batch[0].shape[1] + batch[2].shape[1], 2 + max(len(r) for r in responses[2:4])]
 
 
 def test_graders_and_answer_formats():
@@ -263,6 +273,7 @@ def test_graders_and_answer_formats():
     assert not r("first \\boxed{70} then \\boxed{3}", "70") and not r("the answer is 70", "70")
     assert r("\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "(3,\\frac{\\pi}{2})") and r("\\fbox{204}", "204")
     assert not r("\\boxed{71}", "70") and not r("\\boxed{", "70") and grpo_era.last_boxed("a \\boxed{x^{2}} b") == "x^{2}"
+    assert grpo_era.last_boxed("no box {here}") is None
     assert r("so\nAnswer: 34", "34", "dapo") and r("Answer: $\\frac{1}{2}$", "0.5", "dapo")
     assert r("Answer: 3\nwait\nAnswer: 70", "70", "dapo") and not r("\\boxed{70}", "70", "dapo")
     assert not r("Answer: 70" + " pad" * 100, "70", "dapo")  # DAPO reads only the last 300 characters
@@ -276,9 +287,8 @@ def test_pass_at_k_and_group_advantages():
             subsets = list(itertools.combinations([1] * c + [0] * (n - c), k))
             assert grpo_era.pass_at_k(n, c, k) == pytest.approx(sum(map(any, subsets)) / len(subsets), abs=1e-12)
     r = torch.tensor([1.0, -1, -1, -1, 1, 1, 1, 1])
-    assert grpo_era.group_advantages(r, 4, "group", 0)[:4].tolist() == pytest.approx([1.5, -0.5, -0.5, -0.5], abs=1e-5)
-    assert grpo_era.group_advantages(r, 4, "group", 0)[4:].abs().max() == 0  # zero-variance group
-    assert grpo_era.group_advantages(r, 4, "batch", 2.0)[0] == pytest.approx(0.75, abs=1e-5)
+    assert grpo_era.group_advantages(r, 4)[:4].tolist() == pytest.approx([1.5, -0.5, -0.5, -0.5], abs=1e-5)
+    assert grpo_era.group_advantages(r, 4)[4:].abs().max() == 0  # zero-variance group
 
 
 def test_answer_format_is_checked_against_the_prompts(tmp_path, capsys):
@@ -292,6 +302,9 @@ def test_answer_format_is_checked_against_the_prompts(tmp_path, capsys):
     with pytest.raises(SystemExit):
         grpo_era.main(tiny(tmp_path, dataset=dapo))  # the answer field is missing: named
     assert "--answer-field 'answer' is not a field" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # eval sets are checked at start too
+        grpo_era.main(tiny(tmp_path, eval_sampled_sets=(boxed,), prompt_suffix=""))
+    assert "error: --answer-format boxed: 4 of 4" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 
@@ -300,7 +313,7 @@ def test_official_recipe_offline_on_dapo_rows(tmp_path, monkeypatch):
     args = grpo_era.parse_args()
     assert (args.batch_size, args.num_generations, args.topk_logprobs, args.max_new_tokens) == (8, 8, 20, 8192)
     assert args.dynamic_sampling and not args.era_scale_advantages and args.answer_format == "dapo"
-    assert (args.clip_low, args.clip_high, args.learning_rate, args.reward_type) == (1.0, 1.0, 1e-6, "pm1")
+    assert (args.clip_low, args.clip_high, args.learning_rate) == (1.0, 1.0, 1e-6)
     dataset = write_rows(tmp_path / "dapo.jsonl", dapo_rows())
     seen = []  # a grader that alternates: only the row whose answer is 0 gets groups with rewards that differ
     monkeypatch.setattr(grpo_era, "dapo_answer", lambda text: seen.append(text) or str(len(seen) % 2))
@@ -310,26 +323,6 @@ def test_official_recipe_offline_on_dapo_rows(tmp_path, monkeypatch):
     logged = scalars(only_run_dir(tmp_path / "runs"))
     assert first(logged, "charts/sampling_rounds") >= 1 and len(seen) == 8 * first(logged, "charts/sampling_rounds")
     assert first(logged, "losses/grad_norm") > 0  # the kept groups carry a signal
-
-
-def test_hf_outputs_and_eval_only(tmp_path, monkeypatch):
-    grpo_era.main(tiny(tmp_path / "train", total_steps=1))
-    policy = only_run_dir(tmp_path / "train" / "runs") / "policy_1"
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    model, tok = AutoModelForCausalLM.from_pretrained(policy), AutoTokenizer.from_pretrained(policy)
-    assert tok.decode(tok("7=")["input_ids"]) == "7=" and model.config.vocab_size == 13
-    sets = tuple(write_rows(tmp_path / f"{name}.jsonl", boxed_rows(3)) for name in ("a", "b"))
-    kw = dict(eval_only=True, model_name=str(policy), eval_sampled_sets=sets[:1], eval_greedy_sets=sets[1:],
-              eval_num_samples=4, eval_max_new_tokens=3, eval_batch_size=2)
-    calls = []  # a grader that marks every third sample correct gives known avg@4 / pass@k
-    monkeypatch.setattr(grpo_era, "math_reward", lambda text, answer, fmt: len(calls.append(0) or calls) % 3 == 1)
-    res = grpo_era.main(tiny(tmp_path / "eval", **kw))
-    counts = [sum((j * 4 + i) % 3 == 0 for i in range(4)) for j in range(3)]
-    assert res["eval/a/avg@4"] == pytest.approx(sum(counts) / 12)
-    for k in (1, 2, 4):
-        assert res[f"eval/a/pass@{k}"] == pytest.approx(sum(grpo_era.pass_at_k(4, c, k) for c in counts) / 3)
-    assert res["eval/b/greedy_acc"] == pytest.approx(sum((12 + j) % 3 == 0 for j in range(3)) / 3)
-    assert "eval/a/avg@4" in scalars(only_run_dir(tmp_path / "eval" / "runs"))
 
 
 @pytest.mark.skipif(not MATH_EVAL.is_dir(), reason="../shared/data/math_eval is absent")
@@ -345,9 +338,9 @@ def test_memory_plan_and_dry_run(tmp_path, capsys):
     from transformers import Qwen2Config
     cfg = Qwen2Config(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                       num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False)
-    args = Args(batch_size=2048, micro_batch_size=1, generation_batch_size=64, max_prompt_length=2048)
-    one, params = grpo_era.memory_plan(cfg, args, 1, 8192)
-    eight, _ = grpo_era.memory_plan(cfg, args, 8, 8192)
+    args = Args(batch_size=2048, micro_batch_size=1, generation_batch_size=64, max_prompt_length=2048, max_new_tokens=8192)
+    one, params = grpo_era.memory_plan(cfg, args, 1)
+    eight, _ = grpo_era.memory_plan(cfg, args, 8)
     assert 7.5e9 < params < 7.7e9 and sum(one.values()) > 120 and sum(eight.values()) < 80
     plan = grpo_era.main(tiny(tmp_path, dry_run=True))
     assert "memory plan per GPU" in capsys.readouterr().out and plan and not (tmp_path / "runs").exists()
