@@ -111,8 +111,8 @@ class Args:
 # TRY NOT TO MODIFY: command line, checkpoints, RNG (the same design in all five scripts: docs/skeleton.md)
 BUDGET = ("total_timesteps", "cuda")  # the only flags that may be given with --resume
 HUMANOIDBENCH = ("h1-", "h1hand-", "h1strong-", "h1touch-", "g1-")  # HumanoidBench ids start with a robot's name
-HUMANOIDBENCH_INSTALL = ('pip install jax==0.4.30 jaxlib==0.4.30 "numpy<2" && '
-                         "pip install --no-deps git+https://github.com/carlosferrazza/humanoid-bench.git")
+HUMANOIDBENCH_INSTALL = ('pip install jax==0.4.30 jaxlib==0.4.30 "numpy<2" && git clone '  # -e: its dmc_deps/ has no __init__.py
+                         "https://github.com/carlosferrazza/humanoid-bench && pip install --no-deps -e humanoid-bench")
 
 
 def fail(message):
