@@ -168,7 +168,7 @@ MARKER = {"boxed": "\\boxed", "dapo": "Answer:"}  # what every prompt must ask f
 
 
 # TRY NOT TO MODIFY: command line, checkpoints, RNG (the same design in all five scripts: docs/skeleton.md)
-BUDGET = ("total_steps", "cuda")  # the only flags that may be given with --resume
+BUDGET = ("total_steps", "cuda")  # the only flags that may change with --resume
 
 
 def fail(message):
@@ -188,7 +188,7 @@ def parse_args():
     except SystemExit as e:
         if e.code:  # tyro draws a box: keep the message line under its title
             text = [line.strip(" │╭╮╰╯─") for line in captured.getvalue().splitlines()]
-            fail(next(iter([line for line in text if line][1:]), "bad command line"))
+            fail(" ".join(text[1:(text + [""]).index("", 1)]) or "bad command line")  # its lines, unwrapped
         raise
 
 
@@ -230,10 +230,6 @@ def check_args(args, world_size):
 def load_checkpoint(args):
     """(the saved run's Args with this command line's budget flags, the checkpoint); ValueError if unusable."""
     given = [k for k, v in asdict(args).items() if k != "resume" and v != getattr(Args(), k)]
-    for name in given:
-        if name not in BUDGET:
-            raise ValueError(f"--{name.replace('_', '-')} cannot be given with --resume, which continues the run with "
-                             f"its saved flags (only --{' and --'.join(b.replace('_', '-') for b in BUDGET)} may change)")
     try:
         checkpoint = torch.load(args.resume, map_location="cpu", weights_only=False)
     except FileNotFoundError:
@@ -242,6 +238,10 @@ def load_checkpoint(args):
         raise ValueError(f"--resume {args.resume}: not a readable checkpoint (empty, truncated or not a torch.save file)") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("script") != SCRIPT or set(checkpoint["args"]) != set(asdict(args)):
         raise ValueError(f"--resume {args.resume}: not a checkpoint of this version of {SCRIPT}")
+    for name in given:  # a flag equal to the run's own value is fine: benchmarks/run.py repeats them all
+        if name not in BUDGET and getattr(args, name) != checkpoint["args"][name]:
+            raise ValueError(f"--{name.replace('_', '-')} cannot change with --resume, which continues the run with "
+                             f"its saved flags (only --{' and --'.join(b.replace('_', '-') for b in BUDGET)} may change)")
     if not os.path.isdir(os.path.join(os.path.dirname(args.resume), checkpoint["policy"])):
         raise ValueError(f"--resume {args.resume}: its policy directory {checkpoint['policy']} is missing")
     saved = Args(**checkpoint["args"])
@@ -431,7 +431,8 @@ def memory_plan(config, args, world_size):
     tokens = args.max_tokens_per_micro_batch or args.micro_batch_size * context
     plan = {"weights + grads + AdamW (fp32, sharded)": 16 * params / world_size, "bf16 weights (compute copy)": 2 * params,
             "KV cache of one generate call (bf16)": 4 * layers * config.num_key_value_heads * head_dim * sequences * context,
-            "activations of a micro-batch (bf16, checkpointed)": 2 * tokens * (config.hidden_size * (layers + 8) + 3 * config.intermediate_size),
+            "activations of a micro-batch (bf16, checkpointed)": 2 * tokens * (
+                config.hidden_size * (layers + 8) + 3 * config.intermediate_size),
             "logits (fp32 blocks)": 4 * config.vocab_size * (3 * LOGIT_CHUNK + 3 * sequences)}
     return {k: v / 2 ** 30 for k, v in plan.items()}, params
 
@@ -485,17 +486,6 @@ def sample_vllm(engine, model, prompt_ids, n, args):
     params = SamplingParams(n=n, temperature=args.temperature, top_p=1.0, top_k=-1, max_tokens=args.max_new_tokens)
     outputs = engine[0].generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False)
     return [list(o.token_ids) for out in outputs for o in out.outputs]
-
-
-def rollout(model, tokenizer, prompts, answers, args, device, seeds, vllm_engine):
-    """Sample and grade a group of responses per prompt: [(prompt ids, response ids, correct, texts)] per prompt."""
-    n, ids = args.num_generations, encode(tokenizer, prompts, args)
-    responses = (sample_vllm(vllm_engine, model, ids, n, args) if args.use_vllm else
-                 sample(model, tokenizer, ids, n, args.max_new_tokens, args, device, seeds, args.temperature))
-    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-    correct = [parity_reward(t, answers[i // n]) if args.dataset == "parity" else
-               math_reward(t, answers[i // n], args.answer_format) for i, t in enumerate(texts)]
-    return [(ids[g], *(x[g * n: (g + 1) * n] for x in (responses, correct, texts))) for g in range(len(ids))]
 
 
 def pad_batch(prompts, responses, pad_id, device):
@@ -672,15 +662,22 @@ def main(args):
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     n, per_rank, vllm_engine, stopped = args.num_generations, args.batch_size // args.num_generations // world_size, [], 0
     head = model.get_output_embeddings()
+    band = (args.omega_low, args.omega_high, args.era_k)  # ERA
     while global_step < args.total_steps and not args.eval_only:
         step_before, t0 = global_step, time.time()
-        # ALGO LOGIC: rollouts. Every rank draws the same prompts and samples its share of them; with dynamic sampling
-        # (DAPO), prompts are drawn again until every kept group has rewards that differ
+        # ALGO LOGIC: rollouts. Every rank draws the same prompts, samples a group of responses for its share of them
+        # and grades them; with dynamic sampling (DAPO), prompts are drawn again until every kept group has rewards
+        # that differ
         pool = []  # (prompt ids, responses, correct, texts) of each group sampled in this step
         for rounds in range(1, MAX_SAMPLING_ROUNDS + 1):
             chosen = data_rng.integers(0, len(prompts), size=per_rank * world_size)[rank * per_rank: (rank + 1) * per_rank]
-            pool += rollout(model, tokenizer, [prompts[i] for i in chosen], [answers[i] for i in chosen], args, device,
-                            (args.seed, global_step, rounds - 1), vllm_engine)
+            ids = encode(tokenizer, [prompts[i] for i in chosen], args)
+            responses = (sample_vllm(vllm_engine, model, ids, n, args) if args.use_vllm else sample(
+                model, tokenizer, ids, n, args.max_new_tokens, args, device, (args.seed, global_step, rounds - 1), args.temperature))
+            texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+            correct = [parity_reward(t, answers[chosen[i // n]]) if args.dataset == "parity" else
+                       math_reward(t, answers[chosen[i // n]], args.answer_format) for i, t in enumerate(texts)]
+            pool += [(ids[g], *(x[g * n: (g + 1) * n] for x in (responses, correct, texts))) for g in range(len(ids))]
             if not args.dynamic_sampling or not global_sum([sum(len(set(g[2])) > 1 for g in pool) < per_rank])[0]:
                 break
         first = pool[:per_rank]  # the policy's own statistics: the first round's groups
@@ -705,10 +702,9 @@ def main(args):
                 if args.era:  # ERA: H from the unmodified logits; the logits of A > 0 responses outside [ω_low, ω_high] x k or / k
                     resp_entropy[s:e] = top_entropy_mean(token_ent[s:e], m, 0.2)  # ERA
                     rule = advantages[s:e].trunc() if args.era_adv_rule == "official" else advantages[s:e]  # ERA
-                    inv_temp[s:e] = era_llm_transform(inv_temp[s:e, None], resp_entropy[s:e], rule, args.omega_low,  # ERA
-                                                      args.omega_high, args.era_k)[0][:, 0]  # ERA
-                    advantages[s:e] = era_llm_transform(advantages[s:e, None], resp_entropy[s:e], advantages[s:e],  # ERA
-                                                        args.omega_low, args.omega_high, args.era_k, args.era_scale_advantages)[1]  # ERA
+                    inv_temp[s:e] = era_llm_transform(inv_temp[s:e], resp_entropy[s:e], rule, *band)[0]  # ERA
+                    advantages[s:e] = era_llm_transform(advantages[s:e], resp_entropy[s:e], advantages[s:e], *band,  # ERA
+                                                        args.era_scale_advantages)[1]  # ERA: A/k, k*A (paper Eq. 16)
                 old_logp[s:e][m] = token_logprobs(head, hidden, tokens, inv_temp[s:e, None].expand_as(m)[m], args.topk_logprobs)
 
         # ALGO LOGIC: the update. Per minibatch, the token-mean clipped-ratio loss over all ranks' tokens, gradients
@@ -729,10 +725,10 @@ def main(args):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             global_step += 1
-        step_time = time.time() - t0
+        step_time, done = time.time() - t0, global_step >= args.total_steps
 
         # TRY NOT TO MODIFY: record metrics, evaluate, save at the step boundary
-        if global_step // args.log_every > step_before // args.log_every or global_step >= args.total_steps:
+        if done or global_step // args.log_every > step_before // args.log_every:
             loss_sum, clipped, ent_sum, tokens, n_correct, zero_var, distinct = global_sum(stats.tolist() + [
                 (token_ent * response_mask).sum().item(), response_mask.sum().item(), sum(sum(g[2]) for g in first),
                 sum(len(set(g[2])) == 1 for g in first), sum(len({t for t, c in zip(g[3], g[2]) if c}) for g in first)])
@@ -755,10 +751,10 @@ def main(args):
                 for k, v in metrics.items():
                     writer.add_scalar(k, v, global_step)
                 print(f"step {global_step}: reward {metrics['charts/reward_mean']:.3f}, entropy {metrics['charts/token_entropy']:.3f}")
-        if eval_sets and (global_step >= args.total_steps or args.eval_every and global_step // args.eval_every > step_before // args.eval_every):
+        if eval_sets and (done or args.eval_every and global_step // args.eval_every > step_before // args.eval_every):
             evaluate(model, tokenizer, eval_sets, args, device, global_step, writer)
         stopped = int(global_sum([stop[0] if stop else 0], dist.ReduceOp.MAX)[0])  # all ranks stop together
-        if stopped or global_step >= args.total_steps or (args.save_every and global_step // args.save_every > step_before // args.save_every):
+        if stopped or done or args.save_every and global_step // args.save_every > step_before // args.save_every:
             save_checkpoint(run_dir, model, tokenizer, optimizer, rank, args=asdict(args), global_step=global_step,
                             data_rng=data_rng.bit_generator.state)
         if stopped:

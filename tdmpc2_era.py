@@ -143,7 +143,7 @@ class Args:
 
 
 # TRY NOT TO MODIFY: command line, checkpoints, RNG (the same design in all five scripts: docs/skeleton.md)
-BUDGET = ("total_timesteps", "cuda")  # the only flags that may be given with --resume
+BUDGET = ("total_timesteps", "cuda")  # the only flags that may change with --resume
 
 
 def fail(message):
@@ -161,7 +161,7 @@ def parse_args():
     except SystemExit as e:
         if e.code:  # tyro draws a box: keep the message line under its title
             text = [line.strip(" │╭╮╰╯─") for line in captured.getvalue().splitlines()]
-            fail(next(iter([line for line in text if line][1:]), "bad command line"))
+            fail(" ".join(text[1:(text + [""]).index("", 1)]) or "bad command line")  # its lines, unwrapped
         raise
 
 
@@ -197,10 +197,6 @@ def check_args(args, control_steps):
 def load_checkpoint(args):
     """(the saved run's Args with this command line's budget flags, the checkpoint); ValueError if unusable."""
     given = [k for k, v in asdict(args).items() if k != "resume" and v != getattr(Args(), k)]
-    for name in given:
-        if name not in BUDGET:
-            raise ValueError(f"--{name.replace('_', '-')} cannot be given with --resume, which continues the run with "
-                             f"its saved flags (only --{' and --'.join(b.replace('_', '-') for b in BUDGET)} may change)")
     try:
         checkpoint = torch.load(args.resume, map_location="cpu", weights_only=False)
     except FileNotFoundError:
@@ -209,6 +205,10 @@ def load_checkpoint(args):
         raise ValueError(f"--resume {args.resume}: not a readable checkpoint (empty, truncated or not a torch.save file)") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("script") != SCRIPT or set(checkpoint["args"]) != set(asdict(args)):
         raise ValueError(f"--resume {args.resume}: not a checkpoint of this version of {SCRIPT}")
+    for name in given:  # a flag equal to the run's own value is fine: benchmarks/run.py repeats them all
+        if name not in BUDGET and getattr(args, name) != checkpoint["args"][name]:
+            raise ValueError(f"--{name.replace('_', '-')} cannot change with --resume, which continues the run with "
+                             f"its saved flags (only --{' and --'.join(b.replace('_', '-') for b in BUDGET)} may change)")
     saved = Args(**checkpoint["args"])
     for name in given:
         setattr(saved, name, getattr(args, name))

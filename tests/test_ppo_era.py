@@ -64,7 +64,8 @@ def test_floor_is_ppo_until_it_binds(tmp_path):
                                                       ("dm_control/cheetah-run-v0", "async", signal.SIGINT)])
 def test_signal_saves_and_resume_is_exact(tmp_path, env_id, vector_env, sig):
     """A signal mid-run: the iteration finishes, checkpoint.pt is written, exit 128 + signal; `--resume PATH` alone
-    then logs exactly what an uninterrupted run logs (its sub-envs replay their unfinished episodes)."""
+    (SIGTERM), or with the run's own flags repeated as benchmarks/run.py does (SIGINT), then logs exactly what an
+    uninterrupted run logs (its sub-envs replay their unfinished episodes)."""
     flags = ["--env-id", env_id, "--vector-env", vector_env, *TINY, "--total-timesteps", "1024", "--eval-every",
              "512" if env_id == "Hopper-v5" else "0", "--save-every", "128"]  # a dm_control evaluation: 1000 steps
     full = run_script(SCRIPT, *flags, "--runs-dir", tmp_path / "full")
@@ -77,9 +78,14 @@ def test_signal_saves_and_resume_is_exact(tmp_path, env_id, vector_env, sig):
     checkpoint = torch.load(checkpoint_path, weights_only=False)
     assert checkpoint["global_step"] < 1024, "the signal came after the end: nothing was resumed"
     assert any(len(actions) for _, actions in checkpoint["episodes"])  # an episode was cut and will be replayed
-    resumed = run_script(SCRIPT, "--resume", checkpoint_path)
+    repeated = [] if sig == signal.SIGTERM else [*flags, "--runs-dir", tmp_path / "cut"]
+    resumed = run_script(SCRIPT, *repeated, "--resume", checkpoint_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_scalars(scalars(only_run_dir(tmp_path / "cut")), scalars(only_run_dir(tmp_path / "full")))
+    changed = run_script(SCRIPT, *repeated, "--seed", "9", "--resume", checkpoint_path)
+    assert changed.returncode == 2 and changed.stderr.strip() == ("error: --seed cannot change with --resume, which "
+                                                                  "continues the run with its saved flags (only "
+                                                                  "--total-timesteps and --cuda may change)")
 
 
 @pytest.fixture(scope="module")
