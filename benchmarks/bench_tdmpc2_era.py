@@ -1,7 +1,7 @@
 """Benchmark tdmpc2_era.py through its command line only: speed of ERA vs TD-MPC2, and the entropy of both priors.
 
     python benchmarks/bench_tdmpc2_era.py speed                        # agent steps / s, ERA vs --no-era
-    python benchmarks/bench_tdmpc2_era.py speed --variants era era-compile --rounds 3
+    python benchmarks/bench_tdmpc2_era.py speed --variants era --extra="--no-mpc"           # the CPU-friendly setting
     git show d5f2915:tdmpc2_era.py > old.py && python benchmarks/bench_tdmpc2_era.py speed --scripts old.py tdmpc2_era.py
     python benchmarks/bench_tdmpc2_era.py entropy --out docs/results/tdmpc2_entropy   # CSV + PNG of both priors
 
@@ -20,9 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Literal, Optional, Tuple
+from typing import Literal, Optional, Tuple
 
 import tyro
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -48,13 +48,17 @@ class Args:
     rounds: int = 3
     """speed: runs of each variant, alternating"""
     flags: Optional[str] = None
-    """the script's flags (default: a 200-step cartpole-swingup run for speed, a walker-walk run for entropy)"""
-    extra: List[str] = field(default_factory=list)
-    """flags appended to the defaults, e.g. --extra=--no-mpc"""
+    """the script's flags, as one string: --flags="..." (default: a 200-step cartpole-swingup run for speed, a
+    walker-walk run for entropy)"""
+    extra: str = ""
+    """flags appended to those, as one string, e.g. --extra="--no-mpc" """
     seed: int = 1
     """seed of every run"""
     threads: int = 1
     """OMP_NUM_THREADS of every run"""
+    steady_from: int = 0
+    """speed: measure agent steps per second from the first logged SPS at or after this step (0: right after the
+    burst); with --compile, a step after the planner's first calls leaves their compiling out"""
     runs_dir: Optional[str] = None
     """where the runs write (default: a temporary directory)"""
     out: str = "tdmpc2_entropy"
@@ -80,11 +84,11 @@ def scalars(run_dir):
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-def steady_sps(sps):
-    """Agent steps per second between the first logged SPS (right after the burst) and the last one.
-
-    charts/SPS at step s is s / (seconds since the start), so the time at s is s / SPS(s)."""
-    (s0, v0), (s1, v1) = sps[0], sps[-1]
+def steady_sps(sps, steady_from=0):
+    """Agent steps per second between the first logged SPS at or after `steady_from` (by default the one right
+    after the burst) and the last one. charts/SPS at step s is s / (seconds since the start): the time at s is
+    s / SPS(s)."""
+    (s0, v0), (s1, v1) = next(x for x in sps if x[0] >= steady_from), sps[-1]
     return (s1 - s0) / (s1 / v1 - s0 / v0)
 
 
@@ -94,12 +98,13 @@ def speed(b):
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(b.rounds):
             for i, (s, v) in enumerate(results):
-                run_dir, wall, cpu = run(b, s, [*flags, *b.extra, *VARIANTS[v]], Path(b.runs_dir or tmp) / f"{i}-{v}-{r}")
-                results[s, v].append((steady_sps(scalars(run_dir)["charts/SPS"]), cpu, wall))
+                run_dir, wall, cpu = run(b, s, [*flags, *shlex.split(b.extra), *VARIANTS[v]], Path(b.runs_dir or tmp) / f"{i}-{v}-{r}")
+                results[s, v].append((steady_sps(scalars(run_dir)["charts/SPS"], b.steady_from), cpu, wall))
                 print(f"round {r + 1} {s} {v}: {results[s, v][-1][0]:6.2f} agent steps/s after the burst, "
                       f"{cpu:6.1f} CPU s, {wall:6.1f} wall s", flush=True)
-    print(f"\n{shlex.join([*flags, *b.extra])}, OMP_NUM_THREADS={b.threads}, median of {b.rounds} alternating rounds\n\n"
-          "| script | variant | agent steps/s after the burst | CPU s per run | wall s per run |\n|---|---|---|---|---|")
+    print(f"\n{shlex.join([*flags, *shlex.split(b.extra)])}, OMP_NUM_THREADS={b.threads}, median of {b.rounds} alternating rounds\n\n"
+          f"| script | variant | agent steps/s from step {b.steady_from or 'after the burst'} | CPU s per run | wall s per "
+          "run |\n|---|---|---|---|---|")
     for (s, v), res in results.items():
         med = [statistics.median(x[i] for x in res) for i in range(3)]
         print(f"| {s} | {v} | {med[0]:.2f} | {med[1]:.1f} | {med[2]:.1f} |")
@@ -110,7 +115,7 @@ def entropy(b):
     logs, walls = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for v in ("era", "noera"):
-            run_dir, walls[v], cpu = run(b, b.scripts[0], [*flags, *b.extra, *VARIANTS[v]], Path(b.runs_dir or tmp) / v)
+            run_dir, walls[v], cpu = run(b, b.scripts[0], [*flags, *shlex.split(b.extra), *VARIANTS[v]], Path(b.runs_dir or tmp) / v)
             logs[v] = scalars(run_dir)
             print(f"{v}: {walls[v]:.0f} s wall, {cpu:.0f} CPU s, {run_dir}", flush=True)
     bound = logs["era"]["charts/era_entropy_bound"][0][1]
@@ -135,7 +140,7 @@ def entropy(b):
             ax.axhline(bound, color="k", ls="--", label=f"ERA's guaranteed floor {bound:.2f}")
         ax.set(title=tag, xlabel="agent steps")
         ax.legend()
-    fig.suptitle(f"tdmpc2_era.py {shlex.join([*flags, *b.extra])} (seed {b.seed})", fontsize=8)
+    fig.suptitle(f"tdmpc2_era.py {shlex.join([*flags, *shlex.split(b.extra)])} (seed {b.seed})", fontsize=8)
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=100)
     for v in logs:
