@@ -112,7 +112,7 @@ def main(argv=None):
         cells = " | ".join(f"{statistics.median(per_1000[s, v]):.3f}" for v in variants)
         print(f"| {s}_era.py | {WORK[s][0]} | {cells} | {ratio('--no-era'):.3f} |" +
               (f" {ratio('ERA --compile'):.3f} |" if bench.compile else ""))
-    print(f"\nflags: " + "; ".join(f"{s}_era.py {WORK[s][1]} {shlex.join(extra[s])} {WORK[s][2]} "
+    print("\nflags: " + "; ".join(f"{s}_era.py {WORK[s][1]} {shlex.join(extra[s])} {WORK[s][2]} "
                                   f"{WORK[s][3][0]}|{WORK[s][3][1]}" for s in bench.scripts))
     return {k: statistics.median(v) for k, v in per_1000.items()}
 
