@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal, Optional, Tuple
 
 import numpy as np
@@ -181,9 +181,8 @@ def parse_args():
     """tyro's command line (with the --recipe's defaults); its parse errors reduced to the same one line."""
     argv = " ".join(sys.argv[1:]).replace("=", " ").split()
     recipe = argv[argv.index("--recipe") + 1] if "--recipe" in argv[:-1] else "demo"
-    captured = io.StringIO()
     try:
-        with contextlib.redirect_stderr(captured):
+        with contextlib.redirect_stderr(io.StringIO()) as captured:
             return tyro.cli(Args, default=Args(**RECIPES.get(recipe, {})))
     except SystemExit as e:
         if e.code:  # tyro draws a box: keep the message line under its title
@@ -210,8 +209,7 @@ def check_args(args, world_size):
           "topk_logprobs", "max_tokens_per_micro_batch", "generation_batch_size", "clip_high")],
         *[(k, 0 < getattr(args, k) < math.inf, "a finite number > 0") for k in ("learning_rate", "max_grad_norm",
                                                                               "temperature", "eval_temperature")],
-        ("clip_low", 0 <= args.clip_low <= 1, "in [0, 1]"),
-        ("eval_top_p", 0 < args.eval_top_p <= 1, "in (0, 1]"),
+        ("clip_low", 0 <= args.clip_low <= 1, "in [0, 1]"), ("eval_top_p", 0 < args.eval_top_p <= 1, "in (0, 1]"),
         ("eval_only", not args.eval_only or args.eval_sampled_sets or args.eval_greedy_sets, "given with eval sets"),
         ("dataset", not args.dataset.endswith((".jsonl", ".json", ".parquet")) or os.path.exists(args.dataset),
          "an existing file"),
@@ -244,11 +242,7 @@ def load_checkpoint(args):
                              f"its saved flags (only --{' and --'.join(b.replace('_', '-') for b in BUDGET)} may change)")
     if not os.path.isdir(os.path.join(os.path.dirname(args.resume), checkpoint["policy"])):
         raise ValueError(f"--resume {args.resume}: its policy directory {checkpoint['policy']} is missing")
-    saved = Args(**checkpoint["args"])
-    for name in given:
-        setattr(saved, name, getattr(args, name))
-    saved.resume = args.resume
-    return saved, checkpoint
+    return replace(Args(**checkpoint["args"]), resume=args.resume, **{k: getattr(args, k) for k in given}), checkpoint
 
 
 def save_checkpoint(run_dir, model, tokenizer, optimizer, rank, **state):
@@ -267,9 +261,8 @@ def save_checkpoint(run_dir, model, tokenizer, optimizer, rank, **state):
         tokenizer.save_pretrained(os.path.join(run_dir, policy))
         torch.save({"script": SCRIPT, "policy": policy, "optimizer": optim, "rng": rngs, **state}, path + ".tmp")
         os.replace(path + ".tmp", path)
-        for old in os.listdir(run_dir):
-            if old.startswith("policy_") and old != policy:
-                shutil.rmtree(os.path.join(run_dir, old))
+        for old in [d for d in os.listdir(run_dir) if d.startswith("policy_") and d != policy]:
+            shutil.rmtree(os.path.join(run_dir, old))
 
 
 def rng_state():
@@ -349,12 +342,11 @@ def get_field(row, name):
 
 def format_prompt(problem, tokenizer, args):
     """Chat messages or plain text (plus the --answer-format instruction) -> the prompt string the model continues."""
-    if isinstance(problem, str):
-        problem = [{"role": "user", "content": problem + (SUFFIX[args.answer_format] if args.prompt_suffix is None else
-                                                          args.prompt_suffix)}]
+    suffix = SUFFIX[args.answer_format] if args.prompt_suffix is None else args.prompt_suffix
+    chat = [{"role": "user", "content": problem + suffix}] if isinstance(problem, str) else list(problem)
     if not tokenizer.chat_template:  # a model without a chat template (`tiny`): the texts
-        return "\n".join(m["content"] for m in problem)
-    return tokenizer.apply_chat_template(list(problem), tokenize=False, add_generation_prompt=True)
+        return "\n".join(m["content"] for m in chat)
+    return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
 
 
 def load_problems(rows, source, tokenizer, args, prompt_field=None, answer_field="answer"):
@@ -429,12 +421,12 @@ def memory_plan(config, args, world_size):
     head_dim, layers = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads, config.num_hidden_layers
     context, sequences = args.max_prompt_length + args.max_new_tokens, args.generation_batch_size or args.batch_size // world_size
     tokens = args.max_tokens_per_micro_batch or args.micro_batch_size * context
-    plan = {"weights + grads + AdamW (fp32, sharded)": 16 * params / world_size, "bf16 weights (compute copy)": 2 * params,
-            "KV cache of one generate call (bf16)": 4 * layers * config.num_key_value_heads * head_dim * sequences * context,
-            "activations of a micro-batch (bf16, checkpointed)": 2 * tokens * (
-                config.hidden_size * (layers + 8) + 3 * config.intermediate_size),
-            "logits (fp32 blocks)": 4 * config.vocab_size * (3 * LOGIT_CHUNK + 3 * sequences)}
-    return {k: v / 2 ** 30 for k, v in plan.items()}, params
+    return {k: v / 2 ** 30 for k, v in {  # bytes -> GB
+        "weights + grads + AdamW (fp32, sharded)": 16 * params / world_size, "bf16 weights (compute copy)": 2 * params,
+        "KV cache of one generate call (bf16)": 4 * layers * config.num_key_value_heads * head_dim * sequences * context,
+        "activations of a micro-batch (bf16, checkpointed)": 2 * tokens * (
+            config.hidden_size * (layers + 8) + 3 * config.intermediate_size),
+        "logits (fp32 blocks)": 4 * config.vocab_size * (3 * LOGIT_CHUNK + 3 * sequences)}.items()}, params
 
 
 # Rollouts, log-probs, advantages, evaluation
@@ -452,12 +444,11 @@ def sample(model, tokenizer, prompt_ids, n, max_new_tokens, args, device, seeds,
     call per --generation-batch-size responses (0: the rank's share of a rollout batch), seeded from `seeds` (seed,
     step, round) and the global index of its first prompt: rollouts do not depend on the number of processes, and a
     resumed run samples what an uninterrupted one would."""
-    world, eos = dist.get_world_size() if dist.is_initialized() else 1, tokenizer.eos_token_id
-    per_call = max(1, (args.generation_batch_size or args.batch_size // world) // n)
-    offset, responses = dist.get_rank() * len(prompt_ids) if dist.is_initialized() else 0, []
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    per_call, eos, responses = max(1, (args.generation_batch_size or args.batch_size // world) // n), tokenizer.eos_token_id, []
     model.eval()  # HF keeps its KV cache off in training mode with gradient checkpointing
     for i in range(0, len(prompt_ids), per_call):
-        torch.manual_seed(int(np.random.SeedSequence([*seeds, offset + i]).generate_state(1)[0]))
+        torch.manual_seed(int(np.random.SeedSequence([*seeds, rank * len(prompt_ids) + i]).generate_state(1)[0]))
         enc = tokenizer.pad({"input_ids": prompt_ids[i: i + per_call]}, return_tensors="pt").to(device)
         with autocast(device):
             out = model.generate(**enc, do_sample=not greedy, temperature=None if greedy else temperature,
@@ -518,13 +509,11 @@ def response_states(model, batch, s, e):
     """Final hidden states [n, d] at the positions that predict the n valid response tokens of rows s:e, and those
     tokens [n]. The rows are padded only to their own longest prompt and response, padding is dropped, and the model
     computes the logits of one position only: the head is applied in blocks."""
-    prompt_ids, prompt_mask, response, response_mask = (t[s:e] for t in batch)
-    p0, r = int(prompt_mask.any(0).long().argmax()), int(response_mask.sum(1).max())  # the rows' own padding
-    prompt_ids, prompt_mask, response, response_mask = prompt_ids[:, p0:], prompt_mask[:, p0:], response[:, :r], response_mask[:, :r]
-    attention_mask = torch.cat([prompt_mask, response_mask.long()], 1)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # as generate() numbers left-padded prompts
+    p0, r = int(batch[1][s:e].any(0).long().argmax()), int(batch[3][s:e].sum(1).max())  # the rows' own padding
+    (prompt_ids, prompt_mask), (response, response_mask) = (t[s:e, p0:] for t in batch[:2]), (t[s:e, :r] for t in batch[2:])
+    attention_mask = torch.cat([prompt_mask, response_mask.long()], 1)  # positions numbered as generate() numbers them
     out = model(input_ids=torch.cat([prompt_ids, response], 1), attention_mask=attention_mask, use_cache=False,
-                position_ids=position_ids, logits_to_keep=1, output_hidden_states=True)
+                position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0), logits_to_keep=1, output_hidden_states=True)
     hidden = out.hidden_states[-1][:, prompt_ids.shape[1] - 1: -1]  # position t predicts token t + 1
     return hidden[response_mask], response[response_mask]
 
@@ -566,7 +555,6 @@ def pass_at_k(n, c, k):
     return 1.0 if n - c < k else 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-@torch.no_grad()
 def evaluate(model, tokenizer, eval_sets, args, device, step, writer):
     """avg@n and unbiased pass@k on the sampled sets, greedy accuracy on the greedy sets (rows split over the ranks);
     printed and logged at `step` by rank 0."""
@@ -578,11 +566,9 @@ def evaluate(model, tokenizer, eval_sets, args, device, step, writer):
         ids = encode(tokenizer, [prompts[j % len(prompts)] for j in mine], args)  # padded: as many generate calls per rank
         texts = tokenizer.batch_decode(sample(model, tokenizer, ids, n, args.eval_max_new_tokens, args, device, (
             args.seed, step, MAX_SAMPLING_ROUNDS + number), args.eval_temperature, args.eval_top_p, greedy), skip_special_tokens=True)
-        counts = [0] * len(prompts)  # correct samples per problem, summed over the ranks
-        for b, j in enumerate(mine):
-            if j < len(prompts):
-                counts[j] = sum(math_reward(t, answers[j], args.answer_format) for t in texts[b * n: (b + 1) * n])
-        counts = global_sum(counts)
+        correct = {j: sum(math_reward(t, answers[j], args.answer_format) for t in texts[b * n: (b + 1) * n])
+                   for b, j in enumerate(mine) if j < len(prompts)}  # correct samples of this rank's problems
+        counts = global_sum([correct.get(j, 0) for j in range(len(prompts))])  # per problem, summed over the ranks
         results[f"eval/{name}/" + ("greedy_acc" if greedy else f"avg@{n}")] = sum(c / n for c in counts) / len(counts)
         for k in [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= n and not greedy]:
             results[f"eval/{name}/pass@{k}"] = sum(pass_at_k(n, c, k) for c in counts) / len(counts)
@@ -681,9 +667,8 @@ def main(args):
             if not args.dynamic_sampling or not global_sum([sum(len(set(g[2])) > 1 for g in pool) < per_rank])[0]:
                 break
         first = pool[:per_rank]  # the policy's own statistics: the first round's groups
-        if args.dynamic_sampling:  # groups whose rewards differ first; zero-variance ones fill the batch only if needed
-            pool.sort(key=lambda g: len(set(g[2])) == 1)
-        groups = pool[:per_rank]
+        # with dynamic sampling, groups whose rewards differ first; zero-variance ones fill the batch only if needed
+        groups = sorted(pool, key=lambda g: len(set(g[2])) == 1)[:per_rank] if args.dynamic_sampling else first
         advantages = group_advantages(torch.tensor([2.0 * c - 1 for g in groups for c in g[2]], device=device), n)  # reward ±1
         batch = pad_batch([g[0] for g in groups for _ in range(n)], [r for g in groups for r in g[1]], tokenizer.pad_token_id, device)
         response_mask, (B, R) = batch[3], batch[3].shape
@@ -692,8 +677,7 @@ def main(args):
         # ALGO LOGIC: score the rollout without grad, micro-batch by micro-batch: token entropies, and the old
         # log-probs of the policy that is trained, whose inverse temperature ERA rescales per response
         minibatches = [micro_batches(batch, s, s + B // args.num_minibatches, args) for s in range(0, B, B // args.num_minibatches)]
-        inv_temp = torch.full((B,), 1 / args.temperature, device=device)
-        token_ent, old_logp = torch.zeros(B, R, device=device), torch.zeros(B, R, device=device)
+        inv_temp, (token_ent, old_logp) = torch.full((B,), 1 / args.temperature, device=device), torch.zeros(2, B, R, device=device)
         resp_entropy = torch.zeros(B, device=device)  # ERA
         with torch.no_grad(), autocast(device):
             for s, e in [r for micro in minibatches for r in micro]:
@@ -739,9 +723,8 @@ def main(args):
                        "charts/accuracy": acc, "charts/frac_zero_std_groups": zero_var / num_groups,
                        "charts/distinct_correct_per_group": distinct / num_groups, "charts/token_entropy": ent_sum / tokens,
                        "charts/response_length": tokens / responses, "perf/tokens_per_sec": tokens / step_time,
-                       "perf/rollout_time_frac": t_rollout / step_time, "perf/update_time": step_time - t_rollout}
-            if args.dynamic_sampling:
-                metrics["charts/sampling_rounds"] = rounds
+                       "perf/rollout_time_frac": t_rollout / step_time, "perf/update_time": step_time - t_rollout,
+                       **({"charts/sampling_rounds": rounds} if args.dynamic_sampling else {})}
             if args.era:  # ERA
                 h_sum, sharpened, flattened = global_sum([resp_entropy.sum().item(), (inv_temp > 1 / args.temperature).sum().item(),  # ERA
                                                           (inv_temp < 1 / args.temperature).sum().item()])  # ERA
