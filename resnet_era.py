@@ -130,10 +130,10 @@ def apply_recipe(args):
     """Fill the flags not given (None) from the recipe, whose lr is per 256 images; `args.recipe` gets its name."""
     if args.recipe == "auto":
         args.recipe = {"cifar10": "cifar", "cifar100": "cifar", "imagenet": "imagenet"}.get(args.dataset, "small")
-    recipe = RECIPES[args.recipe]
-    for key, value in recipe.items():
+    for key, value in RECIPES[args.recipe].items():  # batch_size comes before lr
         if getattr(args, key) is None:
             setattr(args, key, value * args.batch_size / 256 if key == "lr" else value)
+    return args
 
 
 # TRY NOT TO MODIFY: command line, checkpoints, RNG (the same design in all five scripts: docs/skeleton.md)
@@ -255,23 +255,21 @@ def load_cifar(args):
     folder = Path(args.data_dir, {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[args.dataset])
     if not folder.is_dir():
         getattr(torchvision.datasets, args.dataset.upper())(args.data_dir, download=True)  # checks the archive's md5
-    splits = ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]) if args.dataset == "cifar10" else (["train"], ["test"])
-    splits = [[pickle.loads((folder / name).read_bytes(), encoding="latin1") for name in names] for names in splits]
+    names = ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]) if args.dataset == "cifar10" else (["train"], ["test"])
+    splits = [[pickle.loads((folder / name).read_bytes(), encoding="latin1") for name in split] for split in names]
     return [TensorDataset(torch.from_numpy(np.concatenate([b["data"] for b in split])).view(-1, 3, 32, 32),
                           torch.tensor([y for b in split for y in b.get("labels", b.get("fine_labels"))])) for split in splits]
 
 
 def load_digits():
     """scikit-learn's 1797 real 8x8 digits, bilinearly upsampled to 3x32x32 uint8; fixed stratified 80/20 split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from sklearn import datasets, model_selection
 
-    digits = load_digits()
+    digits = datasets.load_digits()
     x = F.interpolate(torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16, 32, mode="bilinear", align_corners=False)
     x = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
-    train, test = train_test_split(np.arange(len(x)), test_size=0.2, random_state=0, stratify=digits.target)
-    y = torch.tensor(digits.target)
-    return TensorDataset(x[train], y[train]), TensorDataset(x[test], y[test])
+    split = model_selection.train_test_split(np.arange(len(x)), test_size=0.2, random_state=0, stratify=digits.target)
+    return [TensorDataset(x[i], torch.tensor(digits.target[i])) for i in split]
 
 
 def make_datasets(args):
@@ -351,11 +349,7 @@ def evaluate(args, model, loader, device, amp_dtype):
 
 def main(args):
     try:
-        checkpoint = None
-        if args.resume:
-            args, checkpoint = load_checkpoint(args)
-        else:
-            apply_recipe(args)
+        args, checkpoint = load_checkpoint(args) if args.resume else (apply_recipe(args), None)
         check_args(args)
     except ValueError as e:
         fail(e)
@@ -403,9 +397,8 @@ def main(args):
     if checkpoint:
         for key, obj in saved.items():
             obj.load_state_dict(checkpoint[key])
-        global_step, (rng, train_sums) = checkpoint["global_step"], checkpoint["per_rank"][rank]
-        set_rng_state(rng)
-        train_sums = train_sums.to(device)
+        global_step, train_sums = checkpoint["global_step"], checkpoint["per_rank"][rank][1].to(device)
+        set_rng_state(checkpoint["per_rank"][rank][0])  # per_rank: each process's (RNG state, running sums)
     if args.test_only:
         metrics, bins = evaluate(args, model, test_loader, device, amp_dtype)
         if rank == 0:
@@ -419,9 +412,7 @@ def main(args):
         run_name = [f"{args.dataset}__{args.exp_name}__{args.seed}__{int(time.time())}"]
         if world > 1:  # every process takes rank 0's clock
             dist.broadcast_object_list(run_name, src=0)
-        run_dir = os.path.join(args.runs_dir, run_name[0])
-    else:
-        run_dir = os.path.dirname(os.path.abspath(args.resume))
+    run_dir = os.path.dirname(os.path.abspath(args.resume)) if checkpoint else os.path.join(args.runs_dir, run_name[0])
     ckpt_path, writer = os.path.join(run_dir, "checkpoint.pt"), None
     if rank == 0:
         if args.track:
@@ -441,7 +432,6 @@ def main(args):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    stopping = False
     for epoch in range(global_step // steps_per_epoch, args.epochs):
         # ALGO LOGIC: one epoch of SGD. The order depends on (seed, epoch) only; each global batch is a contiguous slice
         # of it, split across processes; a resumed epoch skips the batches already trained on
