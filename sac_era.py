@@ -8,7 +8,7 @@ import random
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
 if not os.environ.get("DISPLAY"):
@@ -20,7 +20,6 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import tyro
 from torch.utils.tensorboard import SummaryWriter
 
@@ -138,8 +137,7 @@ def check_args(args):
     """ValueError naming the first flag out of its range (tyro has checked the types; NaN fails every test)."""
     renderer = os.environ.get("MUJOCO_GL", "").lower() not in ("off", "disable", "disabled", "false", "0")
     for name, ok, allowed in [
-        *[(n, getattr(args, n) >= 1, ">= 1") for n in ("total_timesteps", "utd_ratio", "hidden_dim", "eval_episodes")],
-        ("log_every", args.log_every >= 1, ">= 1"),
+        *[(n, getattr(args, n) >= 1, ">= 1") for n in ("total_timesteps", "utd_ratio", "hidden_dim", "eval_episodes", "log_every")],
         *[(n, getattr(args, n) >= 0, ">= 0") for n in ("action_repeat", "eval_every", "save_every")],
         *[(n, 0 < getattr(args, n) < math.inf, "a finite number > 0") for n in ("policy_lr", "q_lr")],
         ("delta_lr", 0 < args.delta_lr < math.inf, "a finite number > 0"),  # ERA
@@ -182,11 +180,7 @@ def load_checkpoint(args):
         if name not in BUDGET and getattr(args, name) != checkpoint["args"][name]:
             raise ValueError(f"--{name.replace('_', '-')} cannot change with --resume, which continues the run with "
                              f"its saved flags (only --{' and --'.join(b.replace('_', '-') for b in BUDGET)} may change)")
-    saved = Args(**checkpoint["args"])
-    for name in given:
-        setattr(saved, name, getattr(args, name))
-    saved.resume = args.resume
-    return saved, checkpoint
+    return replace(Args(**checkpoint["args"]), resume=args.resume, **{k: getattr(args, k) for k in given}), checkpoint
 
 
 def save_checkpoint(path, **state):
@@ -233,8 +227,7 @@ class ActionRepeat(gym.Wrapper):
 
 def make_env(args, action_repeat, video_dir=None):
     env = gym.make(args.env_id, render_mode="rgb_array" if video_dir else None)
-    if isinstance(env.observation_space, gym.spaces.Dict):  # dm_control: a dict of arrays
-        env = gym.wrappers.FlattenObservation(env)
+    env = gym.wrappers.FlattenObservation(env)  # dm_control's dict of arrays -> one vector
     env = gym.wrappers.RescaleAction(env, np.float32(-1), np.float32(1))  # the policy always acts in [-1, 1]
     if video_dir:
         env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda i: i == 0)  # the first episode
@@ -263,22 +256,21 @@ class EnsembleLayerNorm(nn.Module):
         self.weight, self.bias = nn.Parameter(torch.ones(n, 1, dim)), nn.Parameter(torch.zeros(n, 1, dim))
 
     def forward(self, x):
-        return torch.addcmul(self.bias, F.layer_norm(x, x.shape[-1:]), self.weight)
+        return torch.addcmul(self.bias, nn.functional.layer_norm(x, x.shape[-1:]), self.weight)
 
 
 class SoftQNetwork(nn.Module):
     """Q1 and Q2 as one ensemble: each is the official critic (Linear -> LayerNorm -> ELU, twice, then Linear), their
     weights stacked so that each layer of both is one batched matmul (as TD-MPC2 and FastTD3 do). Returns [2, batch]."""
 
-    def __init__(self, obs_dim, act_dim, hidden, n=2):
+    def __init__(self, obs_dim, act_dim, hidden):
         super().__init__()
-        self.n = n
-        self.net = nn.Sequential(EnsembleLinear(n, obs_dim + act_dim, hidden), EnsembleLayerNorm(n, hidden), nn.ELU(),
-                                 EnsembleLinear(n, hidden, hidden), EnsembleLayerNorm(n, hidden), nn.ELU(),
-                                 EnsembleLinear(n, hidden, 1, gain=1.0))
+        self.net = nn.Sequential(EnsembleLinear(2, obs_dim + act_dim, hidden), EnsembleLayerNorm(2, hidden), nn.ELU(),
+                                 EnsembleLinear(2, hidden, hidden), EnsembleLayerNorm(2, hidden), nn.ELU(),
+                                 EnsembleLinear(2, hidden, 1, gain=1.0))
 
     def forward(self, x, a):
-        return self.net(torch.cat([x, a], -1).expand(self.n, -1, -1)).squeeze(-1)
+        return self.net(torch.cat([x, a], -1).expand(2, -1, -1)).squeeze(-1)
 
 
 def layer_init(layer, gain=math.sqrt(2)):
@@ -287,8 +279,7 @@ def layer_init(layer, gain=math.sqrt(2)):
     return layer
 
 
-LOG_STD_MAX = 2
-LOG_STD_MIN = -5
+LOG_STD_MIN, LOG_STD_MAX = -5, 2
 
 
 class Actor(nn.Module):
@@ -318,8 +309,7 @@ class Actor(nn.Module):
 class EraActor(nn.Module):  # ERA: SAC's actor network with ERA's std activation and the bounded policy
     def __init__(self, actor, target_entropy, delta, args):  # ERA
         super().__init__()  # ERA
-        self.actor, self.target_entropy = actor, target_entropy  # ERA: SAC's network and H0
-        self.log_std_bounds = (args.log_std_min, args.log_std_max)  # ERA
+        self.actor, self.target_entropy, self.log_std_bounds = actor, target_entropy, (args.log_std_min, args.log_std_max)  # ERA
         self.register_buffer("delta", delta)  # ERA: the paper's compensation delta >= 0 (learned in main)
 
     def forward(self, x):  # ERA
@@ -350,24 +340,18 @@ def evaluate(actor, args, action_repeat, device, video_dir=None):
 
 
 def main(args):
-    checkpoint = None
     try:
-        if args.resume:
-            args, checkpoint = load_checkpoint(args)
+        args, checkpoint = load_checkpoint(args) if args.resume else (args, None)
         check_args(args)
     except ValueError as e:
         fail(e)
-    if checkpoint is None:
-        args.exp_name += "" if args.era else "_noera"  # ERA
-        run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        run_dir = os.path.join(args.runs_dir, run_name)
-    else:
-        run_dir = os.path.dirname(os.path.abspath(args.resume))
-        run_name = os.path.basename(run_dir)
+    args.exp_name += "" if args.era or checkpoint else "_noera"  # ERA
+    run_dir = os.path.dirname(os.path.abspath(args.resume)) if checkpoint else os.path.join(
+        args.runs_dir, f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}")
+    run_name = os.path.basename(run_dir)
     if args.track:
-        import wandb
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
-                   name=run_name, id=run_name, resume="allow", monitor_gym=True, save_code=True)
+        __import__("wandb").init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                                 config=vars(args), name=run_name, id=run_name, resume="allow", monitor_gym=True, save_code=True)
     writer = SummaryWriter(run_dir, purge_step=checkpoint["global_step"] + 1 if checkpoint else None)
     if checkpoint is None:
         writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
@@ -385,8 +369,7 @@ def main(args):
     obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
 
     actor = Actor(obs_dim, act_dim, args.hidden_dim).to(device)
-    qf = SoftQNetwork(obs_dim, act_dim, args.hidden_dim).to(device)
-    qf_target = SoftQNetwork(obs_dim, act_dim, args.hidden_dim).to(device)
+    qf, qf_target = (SoftQNetwork(obs_dim, act_dim, args.hidden_dim).to(device) for _ in range(2))
     qf_target.load_state_dict(qf.state_dict())
     q_optimizer = torch.optim.AdamW(qf.parameters(), lr=args.q_lr, weight_decay=args.critic_weight_decay, fused=True)
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr, fused=True)  # fused: one kernel per step
@@ -397,12 +380,15 @@ def main(args):
     log_alpha = torch.zeros((), device=device, requires_grad=True)
     alpha = log_alpha.detach().exp()
     a_optimizer = torch.optim.Adam([log_alpha], lr=args.q_lr)
+    checkpointed = {"actor": actor, "qf": qf, "qf_target": qf_target, "actor_optimizer": actor_optimizer,
+                    "q_optimizer": q_optimizer, "a_optimizer": a_optimizer}  # + log_alpha, alpha, counters, RNGs, rb
     if args.era:  # ERA: SAC-ERA is SAC with alpha == 0: the activation, not an entropy bonus, keeps the entropy
         autotune, alpha = False, torch.zeros((), device=device)  # ERA
         era_target = args.entropy_per_dim * act_dim  # ERA: H0
         delta_max = act_dim * (HALF_LOG_2PI_E + args.log_std_max) - era_target  # ERA: keeps H0 + delta admissible
         actor = EraActor(actor, era_target, torch.zeros((), device=device, requires_grad=True), args)  # ERA
         delta_optimizer = torch.optim.Adam([actor.delta], lr=args.delta_lr)  # ERA
+        checkpointed.update(actor=actor, delta_optimizer=delta_optimizer)  # ERA
     if args.compile:
         for net in (actor, qf, qf_target):
             net.compile(mode="reduce-overhead" if device.type == "cuda" else None)
@@ -410,18 +396,13 @@ def main(args):
     # replay buffer: preallocated on the device; transition t sits in row t % buffer_size (one per agent step)
     rb = {k: torch.zeros(args.buffer_size, *d, device=device) for k, d in
           [("obs", [obs_dim]), ("next_obs", [obs_dim]), ("actions", [act_dim]), ("rewards", []), ("terminations", [])]}
-    checkpointed = {"actor": actor, "qf": qf, "qf_target": qf_target, "actor_optimizer": actor_optimizer,
-                    "q_optimizer": q_optimizer, "a_optimizer": a_optimizer}  # + log_alpha, alpha, counters, RNGs, rb
-    if args.era:  # ERA
-        checkpointed["delta_optimizer"] = delta_optimizer  # ERA
     global_step, episode, episode_actions = 0, 0, []
     if checkpoint:
         for name, obj in checkpointed.items():
             obj.load_state_dict(checkpoint[name])
         for k, v in checkpoint["rb"].items():
             rb[k][: len(v)] = v
-        with torch.no_grad():
-            log_alpha.copy_(checkpoint["log_alpha"])
+        log_alpha.data.copy_(checkpoint["log_alpha"])
         alpha, global_step, episode = checkpoint["alpha"].to(device), checkpoint["global_step"], checkpoint["episode"]
         episode_actions = checkpoint["episode_actions"]
         set_rng_state(checkpoint["rng"])
@@ -434,8 +415,7 @@ def main(args):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    ckpt_path, saved_step = os.path.join(run_dir, "checkpoint.pt"), global_step
-    start_time, start_step = time.time(), global_step
+    ckpt_path, saved_step, start_step, start_time = os.path.join(run_dir, "checkpoint.pt"), global_step, global_step, time.time()
 
     # TRY NOT TO MODIFY: start the game
     obs, _ = env.reset(seed=episode_seed(args.seed, episode))
@@ -478,8 +458,7 @@ def main(args):
 
                 qf.requires_grad_(False)  # the actor's loss needs no gradients of the critics' weights (-10 % CPU)
                 pi, log_pi, det_action, log_std = actor.get_action(data["obs"])
-                min_qf_pi = qf(data["obs"], pi).min(0).values
-                actor_loss = ((alpha * log_pi) - min_qf_pi).mean()
+                actor_loss = ((alpha * log_pi) - qf(data["obs"], pi).min(0).values).mean()
                 actor_optimizer.zero_grad()
                 actor_loss.backward()
                 actor_optimizer.step()
