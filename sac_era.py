@@ -380,6 +380,7 @@ def main(args):
     log_alpha = torch.zeros((), device=device, requires_grad=True)
     alpha = log_alpha.detach().exp()
     a_optimizer = torch.optim.Adam([log_alpha], lr=args.q_lr)
+
     checkpointed = {"actor": actor, "qf": qf, "qf_target": qf_target, "actor_optimizer": actor_optimizer,
                     "q_optimizer": q_optimizer, "a_optimizer": a_optimizer}  # + log_alpha, alpha, counters, RNGs, rb
     if args.era:  # ERA: SAC-ERA is SAC with alpha == 0: the activation, not an entropy bonus, keeps the entropy
