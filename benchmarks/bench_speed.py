@@ -42,7 +42,7 @@ WORK = {
     "resnet": ("image", "--dataset digits --num-workers 0 --eval-every 0 --save-every 0", "--epochs", (1, 5),
                lambda b: 1437 * b),  # recipe small (resnet8, batch 64); the final evaluation cancels out
     "grpo": ("GRPO step", "--model-name tiny --dataset parity --batch-size 16 --num-generations 4 --save-every 0",
-             "--total-steps", (2, 22), lambda b: b),
+             "--total-steps", (2, 202), lambda b: b),
 }
 
 
