@@ -65,7 +65,7 @@ class Bench:
 
 def cost(bench, script, flags, budget):
     """(CPU seconds, wall seconds) of one run, in a fresh working directory that also holds its runs/."""
-    unit, common, budget_flag, _, _ = WORK[script]
+    _, common, budget_flag, _, _ = WORK[script]
     with tempfile.TemporaryDirectory() as cwd:
         cmd = [sys.executable, str(REPO / f"{script}_era.py"), *shlex.split(common), *flags, budget_flag, str(budget),
                "--seed", str(bench.seed), "--runs-dir", cwd, "--cuda" if bench.cuda else "--no-cuda"]
@@ -85,8 +85,10 @@ def main(argv=None):
         if script not in WORK:
             raise SystemExit(f"error: --extra {spec!r}: SCRIPT must be one of {', '.join(WORK)}")
         extra[script] += shlex.split(flags)
-    if bad := [s for s in bench.scripts if s not in WORK] or bench.rounds < 1:
-        raise SystemExit(f"error: --scripts must be among {', '.join(WORK)} and --rounds >= 1 (got {bad or bench.rounds})")
+    if unknown := [s for s in bench.scripts if s not in WORK]:
+        raise SystemExit(f"error: --scripts must be among {', '.join(WORK)} (got {' '.join(unknown)})")
+    if bench.rounds < 1:
+        raise SystemExit(f"error: --rounds must be >= 1 (got {bench.rounds})")
     variants = {"ERA": [], "--no-era": ["--no-era"]}
     if bench.compile:
         variants.update({"ERA --compile": ["--compile"], "--no-era --compile": ["--no-era", "--compile"]})
