@@ -321,17 +321,21 @@ def math_reward(completion, answer, answer_format="boxed"):
         return False
 
 
-def read_rows(source):
-    """List of dict rows from a JSONL/JSON/parquet path or a hub dataset id."""
-    if source.endswith(".parquet"):
-        import pyarrow.parquet as pq
-        return pq.read_table(source).to_pylist()
-    if not os.path.exists(source):
-        import datasets
-        return list(datasets.load_dataset(source, split="train"))
-    with open(source) as f:
-        text = f.read()
-    return json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+def read_rows(source, flag):
+    """List of dict rows from a JSONL/JSON/parquet path or a hub dataset id; ValueError naming `flag` if unreadable."""
+    try:
+        if source.endswith(".parquet"):
+            import pyarrow.parquet as pq
+            return pq.read_table(source).to_pylist()
+        if not os.path.exists(source):
+            import datasets
+            return list(datasets.load_dataset(source, split="train"))
+        with open(source) as f:
+            text = f.read()
+        return json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    except Exception as e:
+        raise ValueError(f"{flag} {source}: neither a readable JSONL/JSON/parquet file nor a loadable hub dataset "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def get_field(row, name):
@@ -589,7 +593,7 @@ def main(args):
         device = torch.device(f"cuda:{local_rank}" if args.cuda and torch.cuda.is_available() else "cpu")
         math_set = args.dataset != "parity" and not args.eval_only  # else the built-in parity task (unused by --eval-only)
         paths = args.eval_sampled_sets + args.eval_greedy_sets
-        rows = [read_rows(args.dataset) if math_set else []] + [read_rows(p) for p in paths]
+        rows = [read_rows(args.dataset, "--dataset") if math_set else []] + [read_rows(p, "--eval-sampled-sets/--eval-greedy-sets") for p in paths]
         source = os.path.join(os.path.dirname(args.resume), checkpoint_["policy"]) if checkpoint_ else args.model_name
         tokenizer, config = load_tokenizer_and_config(source, [r for set_rows in rows for r in set_rows])
         prompts, answers = load_problems(rows[0], f"--dataset {args.dataset}", tokenizer, args, args.prompt_field,

@@ -96,9 +96,12 @@ def test_bad_input_one_line_exit_2(flags, flag, reference, tmp_path):
 
 def test_more_bad_input_in_process(tmp_path, capsys):
     """The same one-line refusal for the flags tyro cannot check, without a subprocess each."""
+    (tmp_path / "garbage.jsonl").write_text("{not json\n")
+    (tmp_path / "garbage.parquet").write_bytes(b"not parquet")
     for kw in (dict(batch_size=0), dict(num_minibatches=0), dict(log_every=0), dict(max_new_tokens=0),
                dict(save_every=-1), dict(num_generations=1), dict(omega_low=3.5), dict(era_k=1.0),
-               dict(temperature=math.inf), dict(clip_low=1.5), dict(eval_only=True), dict(dataset=str(tmp_path / "no.jsonl"))):
+               dict(temperature=math.inf), dict(clip_low=1.5), dict(eval_only=True), dict(dataset=str(tmp_path / "no.jsonl")),
+               dict(dataset=str(tmp_path / "garbage.jsonl")), dict(dataset=str(tmp_path / "garbage.parquet"))):
         with pytest.raises(SystemExit) as e:
             grpo_era.main(tiny(tmp_path, **kw))
         err = capsys.readouterr().err.strip().splitlines()
