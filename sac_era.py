@@ -207,22 +207,12 @@ def episode_seed(seed, episode):
     return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0])
 
 
-class ActionRepeat(gym.Wrapper):
-    """Each action repeated `repeat` times, rewards summed; `terminate=False` ends episodes only at the time limit
-    (HumanoidBench as the official SAC-ERA code runs it)."""
-
-    def __init__(self, env, repeat, terminate):
-        super().__init__(env)
-        self.repeat, self.terminate = repeat, terminate
+class NoTermination(gym.Wrapper):
+    """Episodes end only at the time limit (HumanoidBench as the official SAC-ERA code runs it)."""
 
     def step(self, action):
-        total = 0.0
-        for _ in range(self.repeat):
-            obs, reward, terminated, truncated, info = self.env.step(action)
-            total, terminated = total + reward, terminated and self.terminate
-            if terminated or truncated:
-                break
-        return obs, total, terminated, truncated, info
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, False, truncated, info
 
 
 def make_env(args, action_repeat, video_dir=None):
@@ -231,8 +221,9 @@ def make_env(args, action_repeat, video_dir=None):
     env = gym.wrappers.RescaleAction(env, np.float32(-1), np.float32(1))  # the policy always acts in [-1, 1]
     if video_dir:
         env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda i: i == 0)  # the first episode
-    terminate = args.humanoidbench_termination or not args.env_id.startswith(HUMANOIDBENCH)
-    return gym.wrappers.RecordEpisodeStatistics(ActionRepeat(env, action_repeat, terminate))
+    if args.env_id.startswith(HUMANOIDBENCH) and not args.humanoidbench_termination:
+        env = NoTermination(env)
+    return gym.wrappers.RecordEpisodeStatistics(gym.wrappers.RepeatAction(env, action_repeat))  # rewards summed
 
 
 # ALGO LOGIC: initialize agent here:
@@ -323,18 +314,23 @@ class EraActor(nn.Module):  # ERA: SAC's actor network with ERA's std activation
         return action, truncated_normal_log_prob(action, loc, scale), loc, log_std  # ERA
 
 
+def optimize(optimizer, loss):
+    """One gradient step of `optimizer` on `loss`."""
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
 def evaluate(actor, args, action_repeat, device, video_dir=None):
     """Mean return of the deterministic policy tanh(mean) (both variants) from fixed reset seeds; no torch RNG."""
     env, returns = make_env(args, action_repeat, video_dir), []
     for i in range(args.eval_episodes):
-        obs, _ = env.reset(seed=episode_seed(args.seed, 10**9 + i))
-        done, total = False, 0.0
-        while not done:
+        obs, info = env.reset(seed=episode_seed(args.seed, 10**9 + i))
+        while "episode" not in info:  # RecordEpisodeStatistics adds the episode's return at its end
             with torch.no_grad():
                 mean, _ = actor(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])
-            obs, reward, terminated, truncated, _ = env.step(torch.tanh(mean[0]).cpu().numpy())
-            total, done = total + float(reward), terminated or truncated
-        returns.append(total)
+            obs, _, _, _, info = env.step(torch.tanh(mean[0]).cpu().numpy())
+        returns.append(info["episode"]["r"])
     env.close()
     return float(np.mean(returns))
 
@@ -453,32 +449,24 @@ def main(args):
 
                 qf_a_values = qf(data["obs"], data["actions"])
                 qf_losses = (qf_a_values - next_q_value).pow(2).mean(1)  # the MSE of Q1 and of Q2
-                q_optimizer.zero_grad()
-                qf_losses.sum().backward()
-                q_optimizer.step()
+                optimize(q_optimizer, qf_losses.sum())
 
                 qf.requires_grad_(False)  # the actor's loss needs no gradients of the critics' weights (-10 % CPU)
                 pi, log_pi, det_action, log_std = actor.get_action(data["obs"])
                 actor_loss = ((alpha * log_pi) - qf(data["obs"], pi).min(0).values).mean()
-                actor_optimizer.zero_grad()
-                actor_loss.backward()
-                actor_optimizer.step()
+                optimize(actor_optimizer, actor_loss)
                 qf.requires_grad_(True)
 
                 policy_entropy = -log_pi.detach().mean()  # -E[log pi]: a Monte-Carlo estimate
                 if autotune:
                     alpha_loss = (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
-                    a_optimizer.zero_grad()
-                    alpha_loss.backward()
-                    a_optimizer.step()
+                    optimize(a_optimizer, alpha_loss)
                     alpha = log_alpha.detach().exp()
                 if args.era and (args.learn_delta or global_step % args.log_every == 0):  # ERA: exact, when it is used
                     policy_entropy = truncated_normal_entropy(det_action, log_std.exp().clamp(min=1e-6)).mean().detach()  # ERA
                     delta_loss = actor.delta * (policy_entropy - era_target)  # ERA: the paper's loss: delta rises while H < H0
                 if args.era and args.learn_delta:  # ERA
-                    delta_optimizer.zero_grad()  # ERA
-                    delta_loss.backward()  # ERA
-                    delta_optimizer.step()  # ERA
+                    optimize(delta_optimizer, delta_loss)  # ERA
                     actor.delta.data.clamp_(0.0, delta_max)  # ERA
 
                 # update the target networks
