@@ -9,7 +9,6 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Optional
 
 if not os.environ.get("DISPLAY"):
     os.environ.setdefault("MUJOCO_GL", "disable")  # no display: no renderer, no GLFW warning at start
@@ -43,13 +42,13 @@ class Args:
     """if toggled, this experiment will be tracked with Weights and Biases (pip install wandb)"""
     wandb_project_name: str = "era"
     """the wandb's project name"""
-    wandb_entity: Optional[str] = None
+    wandb_entity: str | None = None
     """the entity (team) of wandb's project"""
     capture_video: bool = False
     """whether to capture videos of the evaluation episodes (check out the `videos` folder of the run)"""
     runs_dir: str = "runs"
     """tensorboard logs, checkpoint.pt and videos go to {runs_dir}/{run_name}/"""
-    resume: Optional[str] = None
+    resume: str | None = None
     """continue the run saved in this checkpoint.pt with its own flags (only --total-timesteps and --cuda may change)"""
     save_every: int = 50_000
     """write checkpoint.pt every N agent steps, at the next episode end (0: only at the end and on a signal)"""
