@@ -22,7 +22,7 @@ import random
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -148,9 +148,8 @@ def fail(message):
 
 def parse_args():
     """tyro's command line; its parse errors reduced to the same one line as check_args'."""
-    captured = io.StringIO()
     try:
-        with contextlib.redirect_stderr(captured):
+        with contextlib.redirect_stderr(io.StringIO()) as captured:
             return tyro.cli(Args)
     except SystemExit as e:
         if e.code:  # tyro draws a box: keep the message line under its title
@@ -204,11 +203,7 @@ def load_checkpoint(args):
                              f"its saved flags (only --{', --'.join(b.replace('_', '-') for b in BUDGET)} may change)")
     if len(checkpoint["per_rank"]) != int(os.environ.get("WORLD_SIZE", 1)):
         raise ValueError(f"--resume {args.resume}: written by {len(checkpoint['per_rank'])} process(es); resume with as many")
-    saved = Args(**checkpoint["args"])
-    for name in given:
-        setattr(saved, name, getattr(args, name))
-    saved.resume = args.resume
-    return saved, checkpoint
+    return replace(Args(**checkpoint["args"]), resume=args.resume, **{k: getattr(args, k) for k in given}), checkpoint
 
 
 def save_checkpoint(path, **state):
