@@ -483,13 +483,11 @@ def sample_vllm(engine, model, prompt_ids, n, args):
     return [list(o.token_ids) for out in outputs for o in out.outputs]
 
 
-def pad_batch(prompts, responses, pad_id, device):
+def pad_batch(tokenizer, prompts, responses, device):
     """Token-id lists -> left-padded prompts [B, P] and right-padded responses [B, R], with their masks."""
-    P, R = max(map(len, prompts)), max(map(len, responses))
-    return (torch.tensor([[pad_id] * (P - len(p)) + p for p in prompts], device=device),
-            torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts], device=device),
-            torch.tensor([r + [pad_id] * (R - len(r)) for r in responses], device=device),
-            torch.tensor([[True] * len(r) + [False] * (R - len(r)) for r in responses], device=device))
+    p = tokenizer.pad({"input_ids": prompts}, return_tensors="pt").to(device)
+    r = tokenizer.pad({"input_ids": responses}, padding_side="right", return_tensors="pt").to(device)
+    return p["input_ids"], p["attention_mask"], r["input_ids"], r["attention_mask"].bool()
 
 
 def micro_batches(batch, start, end, args):
@@ -523,28 +521,26 @@ def response_states(model, batch, s, e):
 
 
 def block_logprobs(head, hidden, tokens, inv_temp, topk):
-    """log π(token) of one block of tokens: the one place an [n, V] float32 block of logits exists."""
+    """log π(token) of one block of tokens: the one place an [n, V] float32 block of logits exists. With
+    --topk-logprobs (official-code trick): renormalised over the top-k logits, -1e4 outside them."""
     logits = head(hidden).float() * inv_temp[:, None]
     z = logits.gather(-1, tokens[:, None]).squeeze(-1)
-    if topk > 0:  # official-code trick: renormalise over the top-k logits, -1e4 outside
-        top = logits.topk(topk, dim=-1).values
-        return torch.where(z >= top[:, -1], z - top.logsumexp(-1), torch.full_like(z, -1e4))
-    return z - logits.logsumexp(-1)
+    top = logits.topk(topk, dim=-1).values if topk > 0 else logits  # else all: z >= their min always holds
+    return torch.where(z >= top.min(-1).values, z - top.logsumexp(-1), torch.full_like(z, -1e4))
 
 
 def token_logprobs(head, hidden, tokens, inv_temp, topk):
     """log π(token) [n] from hidden states [n, d], LOGIT_CHUNK tokens at a time; with grad, each block's logits are
     recomputed in backward (checkpointed), so one float32 block is alive at a time."""
-    grad, c = torch.is_grad_enabled(), LOGIT_CHUNK
-    blocks = [(head, hidden[i: i + c], tokens[i: i + c], inv_temp[i: i + c], topk) for i in range(0, len(hidden), c)]
-    return torch.cat([checkpoint(block_logprobs, *b, use_reentrant=False) if grad else block_logprobs(*b) for b in blocks])
+    blocks = zip(hidden.split(LOGIT_CHUNK), tokens.split(LOGIT_CHUNK), inv_temp.split(LOGIT_CHUNK))
+    return torch.cat([checkpoint(block_logprobs, head, *b, topk, use_reentrant=False) for b in blocks])
 
 
 @torch.no_grad()
 def token_entropy(head, hidden, inv_temp):
     """Entropy [n] of each token's distribution, LOGIT_CHUNK tokens at a time, without grad."""
-    c = LOGIT_CHUNK
-    logps = ((head(hidden[i: i + c]).float() * inv_temp[i: i + c, None]).log_softmax(-1) for i in range(0, len(hidden), c))
+    blocks = zip(hidden.split(LOGIT_CHUNK), inv_temp.split(LOGIT_CHUNK))
+    logps = ((head(h).float() * t[:, None]).log_softmax(-1) for h, t in blocks)
     return torch.cat([-(logp.exp() * logp).sum(-1) for logp in logps])
 
 
@@ -653,7 +649,7 @@ def main(args):
     n, per_rank, vllm_engine, stopped = args.num_generations, args.batch_size // args.num_generations // world_size, [], 0
     head = model.get_output_embeddings()
     band = (args.omega_low, args.omega_high, args.era_k)  # ERA
-    while global_step < args.total_steps and not args.eval_only:
+    while global_step < args.total_steps and not args.eval_only and not stopped:
         step_before, t0 = global_step, time.time()
         # ALGO LOGIC: rollouts. Every rank draws the same prompts, samples a group of responses for its share of them
         # and grades them; with dynamic sampling (DAPO), prompts are drawn again until every kept group has rewards
@@ -674,7 +670,7 @@ def main(args):
         # with dynamic sampling, groups whose rewards differ first; zero-variance ones fill the batch only if needed
         groups = sorted(pool, key=lambda g: len(set(g[2])) == 1)[:per_rank] if args.dynamic_sampling else first
         advantages = group_advantages(torch.tensor([2.0 * c - 1 for g in groups for c in g[2]], device=device), n)  # reward ±1
-        batch = pad_batch([g[0] for g in groups for _ in range(n)], [r for g in groups for r in g[1]], tokenizer.pad_token_id, device)
+        batch = pad_batch(tokenizer, [g[0] for g in groups for _ in range(n)], [r for g in groups for r in g[1]], device)
         response_mask, (B, R) = batch[3], batch[3].shape
         t_rollout = time.time() - t0
 
@@ -744,8 +740,6 @@ def main(args):
         if stopped or done or args.save_every and global_step // args.save_every > step_before // args.save_every:
             save_checkpoint(run_dir, model, tokenizer, optimizer, rank, args=asdict(args), global_step=global_step,
                             data_rng=data_rng.bit_generator.state)
-        if stopped:
-            break
 
     results = evaluate(model, tokenizer, eval_sets, args, device, global_step, writer) if args.eval_only else None
     if writer:

@@ -216,7 +216,7 @@ def test_dynamic_sampling_keeps_drawing_until_groups_differ(tmp_path):
 def test_micro_batches_stay_inside_minibatches_and_the_token_budget():
     prompts = [[5] * n for n in (3, 1, 2, 3, 1, 1, 2, 2)]
     responses = [[6] * n for n in (1, 4, 2, 2, 1, 3, 1, 2)]
-    batch = grpo_era.pad_batch(prompts, responses, 0, "cpu")
+    batch = grpo_era.pad_batch(grpo_era.load_tokenizer_and_config("tiny", [])[0], prompts, responses, "cpu")
     args = Args(micro_batch_size=3, max_tokens_per_micro_batch=10)
     for start, end in ((0, 4), (4, 8)):
         micro = grpo_era.micro_batches(batch, start, end, args)
@@ -257,7 +257,7 @@ def test_training_logprobs_match_the_sampler():
     responses = [r[: r.index(0) + 1] if 0 in r else r for r in out.sequences[:, enc["input_ids"].shape[1]:].tolist()]
     prompts = [[t for t, m in zip(i, a) if m] for i, a in zip(enc["input_ids"].repeat_interleave(2, 0).tolist(),
                                                               enc["attention_mask"].repeat_interleave(2, 0).tolist())]
-    batch = grpo_era.pad_batch(prompts, responses, 0, "cpu")
+    batch = grpo_era.pad_batch(tok, prompts, responses, "cpu")
     widths = []
     model.model.embed_tokens.register_forward_hook(lambda module, inputs, output: widths.append(inputs[0].shape[1]))
     with torch.no_grad():
