@@ -202,9 +202,8 @@ def check_args(args, world_size):
          f">= 1, a multiple of --num-generations {n}, with a number of prompts divisible by the {world_size} processes"),
         ("num_minibatches", 1 <= args.num_minibatches and per_rank % args.num_minibatches == 0,
          f">= 1 and divide the {per_rank} responses per process"),
-        ("max_new_tokens", args.max_new_tokens is None or args.max_new_tokens >= 1, ">= 1"),
-        *[(k, getattr(args, k) >= 1, ">= 1") for k in ("micro_batch_size", "log_every", "max_prompt_length",
-                                                      "eval_num_samples", "eval_max_new_tokens")],
+        *[(k, getattr(args, k) is None or getattr(args, k) >= 1, ">= 1") for k in ("max_new_tokens", "micro_batch_size",
+          "log_every", "max_prompt_length", "eval_num_samples", "eval_max_new_tokens")],
         *[(k, 0 <= getattr(args, k) < math.inf, "a finite number >= 0") for k in ("save_every", "eval_every", "eval_limit",
           "topk_logprobs", "max_tokens_per_micro_batch", "generation_batch_size", "clip_high")],
         *[(k, 0 < getattr(args, k) < math.inf, "a finite number > 0") for k in ("learning_rate", "max_grad_norm",
@@ -493,14 +492,13 @@ def pad_batch(tokenizer, prompts, responses, device):
 def micro_batches(batch, start, end, args):
     """Row ranges covering start:end: at most --micro-batch-size rows and (--max-tokens-per-micro-batch) padded
     tokens (one row may exceed it), as many on every rank (FSDP's collectives need it): a minibatch's own rows only."""
-    plen, rlen, out = batch[1].sum(1).tolist(), batch[3].sum(1).tolist(), []
-    for i in range(start, end):  # row i joins the current range s:i if it stays within both limits
-        s = out[-1][0] if out else start
-        if out and i - s < args.micro_batch_size and (not args.max_tokens_per_micro_batch or (i + 1 - s) * (
-                max(plen[s: i + 1]) + max(rlen[s: i + 1])) <= args.max_tokens_per_micro_batch):
-            out[-1] = (s, i + 1)
-        else:
-            out.append((i, i + 1))
+    plen, rlen, starts = batch[1].sum(1).tolist(), batch[3].sum(1).tolist(), [start]
+    for i in range(start + 1, end):  # row i starts a new range unless the current one s:i + 1 stays within both limits
+        s = starts[-1]
+        if i - s >= args.micro_batch_size or (args.max_tokens_per_micro_batch and (i + 1 - s) * (
+                max(plen[s: i + 1]) + max(rlen[s: i + 1])) > args.max_tokens_per_micro_batch):
+            starts.append(i)
+    out = list(zip(starts, starts[1:] + [end]))
     while len(out) < global_sum([len(out)], dist.ReduceOp.MAX)[0]:  # split the largest range until as many as others
         i = max(range(len(out)), key=lambda j: out[j][1] - out[j][0])
         out[i: i + 1] = [(out[i][0], sum(out[i]) // 2), (sum(out[i]) // 2, out[i][1])]
@@ -536,9 +534,8 @@ def token_logprobs(head, hidden, tokens, inv_temp, topk):
     return torch.cat([checkpoint(block_logprobs, head, *b, topk, use_reentrant=False) for b in blocks])
 
 
-@torch.no_grad()
 def token_entropy(head, hidden, inv_temp):
-    """Entropy [n] of each token's distribution, LOGIT_CHUNK tokens at a time, without grad."""
+    """Entropy [n] of each token's distribution, LOGIT_CHUNK tokens at a time (the caller holds no grad)."""
     blocks = zip(hidden.split(LOGIT_CHUNK), inv_temp.split(LOGIT_CHUNK))
     logps = ((head(h).float() * t[:, None]).log_softmax(-1) for h, t in blocks)
     return torch.cat([-(logp.exp() * logp).sum(-1) for logp in logps])
