@@ -121,9 +121,8 @@ def fail(message):
 
 def parse_args():
     """tyro's command line; its parse errors reduced to the same one line as check_args'."""
-    captured = io.StringIO()
     try:
-        with contextlib.redirect_stderr(captured):
+        with contextlib.redirect_stderr(io.StringIO()) as captured:
             return tyro.cli(Args)
     except SystemExit as e:
         if e.code:  # tyro draws a box: keep the message line under its title

@@ -19,7 +19,7 @@ import random
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal, Optional
 
 if not os.environ.get("DISPLAY"):
@@ -154,9 +154,8 @@ def fail(message):
 
 def parse_args():
     """tyro's command line; its parse errors reduced to the same one line as check_args'."""
-    captured = io.StringIO()
     try:
-        with contextlib.redirect_stderr(captured):
+        with contextlib.redirect_stderr(io.StringIO()) as captured:
             return tyro.cli(Args)
     except SystemExit as e:
         if e.code:  # tyro draws a box: keep the message line under its title
@@ -209,11 +208,7 @@ def load_checkpoint(args):
         if name not in BUDGET and getattr(args, name) != checkpoint["args"][name]:
             raise ValueError(f"--{name.replace('_', '-')} cannot change with --resume, which continues the run with "
                              f"its saved flags (only --{' and --'.join(b.replace('_', '-') for b in BUDGET)} may change)")
-    saved = Args(**checkpoint["args"])
-    for name in given:
-        setattr(saved, name, getattr(args, name))
-    saved.resume = args.resume
-    return saved, checkpoint
+    return replace(Args(**checkpoint["args"]), resume=args.resume, **{k: getattr(args, k) for k in given}), checkpoint
 
 
 def save_checkpoint(path, **state):

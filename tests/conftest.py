@@ -13,6 +13,10 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two test processes on two cores: one torch thread each
+    import torch
+    torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ("sac_era.py", "ppo_era.py", "tdmpc2_era.py", "resnet_era.py", "grpo_era.py")
 TIMING_TAGS = ("charts/SPS", "perf/", "time/")  # wall-clock figures: the only scalars two equal runs may differ in
