@@ -119,6 +119,8 @@ class Args:
     """ratio clipped below at 1 - clip_low (official ERA runs: 1.0)"""
     clip_high: float = 1.0
     """ratio clipped above at 1 + clip_high (official ERA runs: 1.0)"""
+    clip_ratio_c: float = 10.0
+    """dual clip: a token with a negative advantage A costs at most c x |A| (official ERA runs: 10)"""
     topk_logprobs: int = 0
     """official-code trick: renormalise log-probs over the top-k logits, -1e4 outside (0: off)"""
 
@@ -209,6 +211,7 @@ def check_args(args, world_size):
         *[(k, 0 < getattr(args, k) < math.inf, "a finite number > 0") for k in ("learning_rate", "max_grad_norm",
                                                                               "temperature", "eval_temperature")],
         ("clip_low", 0 <= args.clip_low <= 1, "in [0, 1]"), ("eval_top_p", 0 < args.eval_top_p <= 1, "in (0, 1]"),
+        ("clip_ratio_c", 1 < args.clip_ratio_c < math.inf, "a finite number > 1"),
         ("eval_only", not args.eval_only or args.eval_sampled_sets or args.eval_greedy_sets, "given with eval sets"),
         ("dataset", not args.dataset.endswith((".jsonl", ".json", ".parquet")) or os.path.exists(args.dataset),
          "an existing file"),
@@ -697,8 +700,11 @@ def main(args):
                 with autocast(device):
                     m, (hidden, tokens) = response_mask[s:e], response_states(model, batch, s, e)
                     logp = token_logprobs(head, hidden, tokens, inv_temp[s:e, None].expand_as(m)[m], args.topk_logprobs)
-                ratio, a = torch.exp(logp - old_logp[s:e][m]), advantages[s:e, None].expand_as(m)[m]
+                # log-ratio clamped to [-20, 20] as verl does: with --topk-logprobs a token outside the top k (log-prob
+                # -1e4) that enters it after a minibatch step would give an infinite ratio and NaN gradients
+                ratio, a = torch.exp((logp - old_logp[s:e][m]).clamp(-20, 20)), advantages[s:e, None].expand_as(m)[m]
                 pg = torch.maximum(-a * ratio, -a * ratio.clamp(1 - args.clip_low, 1 + args.clip_high))
+                pg = torch.where(a < 0, torch.minimum(pg, -a * args.clip_ratio_c), pg)  # dual clip
                 (pg.sum() / mb_tokens * world_size).backward()  # FSDP averages gradients over ranks
                 clipped = ((ratio > 1 + args.clip_high) & (a > 0)) | ((ratio < 1 - args.clip_low) & (a < 0))
                 stats += torch.stack([pg.detach().sum(), clipped.sum()])

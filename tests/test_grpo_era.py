@@ -206,6 +206,16 @@ def test_ratio_is_one_on_policy_and_moves_after_a_minibatch(tmp_path):
     assert 0 < first(official, "era/frac_sharpened") < first(paper, "era/frac_sharpened")
 
 
+def test_topk_logprobs_with_minibatches_keep_finite_gradients(tmp_path):
+    """With --topk-logprobs a token sampled outside the top k has log-prob -1e4; once a minibatch step moves it into the
+    top k its ratio would be e^10000. The clamped log-ratio and the dual clip keep the loss and gradients finite (this
+    run crashed with NaN probabilities before them); the dual clip bounds each negative-advantage token's loss."""
+    logged = run_logged(tmp_path, topk_logprobs=2, num_minibatches=4, total_steps=8, batch_size=16, learning_rate=3e-2,
+                        log_every=1)
+    assert all(math.isfinite(v) for tag in ("losses/grad_norm", "losses/policy_loss") for _, v in logged[tag])
+    assert len(logged["losses/grad_norm"]) == 2 and max(v for _, v in logged["losses/clipfrac"]) > 0
+
+
 def test_dynamic_sampling_keeps_drawing_until_groups_differ(tmp_path):
     logged = run_logged(tmp_path, dynamic_sampling=True, total_steps=3)
     rounds = [v for _, v in logged["charts/sampling_rounds"]]
