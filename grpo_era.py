@@ -526,8 +526,10 @@ def block_logprobs(head, hidden, tokens, inv_temp, topk):
     --topk-logprobs (official-code trick): renormalised over the top-k logits, -1e4 outside them."""
     logits = head(hidden).float() * inv_temp[:, None]
     z = logits.gather(-1, tokens[:, None]).squeeze(-1)
-    top = logits.topk(topk, dim=-1).values if topk > 0 else logits  # else all: z >= their min always holds
-    return torch.where(z >= top.min(-1).values, z - top.logsumexp(-1), torch.full_like(z, -1e4))
+    if topk > 0:
+        top = logits.topk(topk, dim=-1).values
+        return torch.where(z >= top[:, -1], z - top.logsumexp(-1), torch.full_like(z, -1e4))
+    return z - logits.logsumexp(-1)  # no extra pass over the vocabulary when top-k is off (the default)
 
 
 def token_logprobs(head, hidden, tokens, inv_temp, topk):
