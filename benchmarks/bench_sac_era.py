@@ -12,7 +12,16 @@ variant, the medians over rounds of:
 * `ms/update`: CPU milliseconds per gradient update, i.e. (run CPU − CPU of the same run stopped right after its
   random warm-up steps) / updates; it includes the env step and the action of each training step;
 * `SPS`: the `charts/SPS` the run logged at its last step (agent steps per wall second).
+
+With `--cleanrl PATH` CleanRL's `sac_continuous_action.py` runs the same work as a third variant, timed the same
+way (it has 256-wide networks and one update per step, so `--hidden-dim 256 --utd-ratio 1`), e.g. in its own venv
+at its pinned gymnasium 0.29 (Hopper-v4; ours runs Hopper-v5):
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_sac_era.py --env-id Hopper-v5 --steps 3000 --learning-starts 1000 \
+        --hidden-dim 256 --utd-ratio 1 --cleanrl cleanrl/sac_continuous_action.py \
+        --cleanrl-python cleanrl-venv/bin/python --cleanrl-env-id Hopper-v4
 """
+import math
 import os
 import resource
 import statistics
@@ -49,12 +58,18 @@ class Args:
     """also time the --compile runs of both variants"""
     cuda: bool = False
     """run on the GPU (CPU seconds then measure the host side only)"""
+    cleanrl: str | None = None
+    """also time CleanRL's sac_continuous_action.py at this path (needs --hidden-dim 256 --utd-ratio 1)"""
+    cleanrl_python: str = sys.executable
+    """the interpreter (venv) that runs --cleanrl"""
+    cleanrl_env_id: str | None = None
+    """CleanRL's env id (default: --env-id), e.g. Hopper-v4 for its pinned gymnasium 0.29"""
 
 
-def cpu_seconds_of(cmd):
-    """(user + system CPU seconds of the finished subprocess, its CompletedProcess)."""
+def cpu_seconds_of(cmd, cwd=None, env=None):
+    """User + system CPU seconds of the finished subprocess."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
         sys.exit(f"{' '.join(map(str, cmd))} failed:\n{proc.stderr[-3000:]}")
@@ -64,7 +79,7 @@ def cpu_seconds_of(cmd):
 def last_sps(runs_dir):
     acc = EventAccumulator(str(next(Path(runs_dir).rglob("events.out.tfevents.*")).parent))
     acc.Reload()
-    return acc.Scalars("charts/SPS")[-1].value
+    return acc.Scalars("charts/SPS")[-1].value if "charts/SPS" in acc.Tags()["scalars"] else math.nan  # CleanRL: every 100
 
 
 def main(bench):
@@ -75,24 +90,46 @@ def main(bench):
               "--eval-every", 0, "--eval-episodes", 1, "--save-every", 0, "--log-every", bench.steps,
               "--cuda" if bench.cuda else "--no-cuda"]
     updates = (bench.steps - bench.learning_starts - 1) * bench.utd_ratio
+    if bench.cleanrl and (bench.hidden_dim, bench.utd_ratio, bench.cuda) != (256, 1, False):
+        sys.exit("error: --cleanrl: CleanRL's SAC is 256 wide with one update per step on this CPU run: "
+                 "add --hidden-dim 256 --utd-ratio 1 --no-cuda")
+    if bench.cleanrl:  # it has no --hidden-dim/--utd-ratio/eval flags; it writes runs/ under its working directory
+        variants.append(("CleanRL", [bench.cleanrl_python, os.path.abspath(bench.cleanrl), "--env-id",
+                                     bench.cleanrl_env_id or bench.env_id, "--learning-starts", bench.learning_starts,
+                                     "--batch-size", bench.batch_size, "--seed", 1, "--no-cuda"]))
+    cleanrl_env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.abspath(bench.cleanrl or "."))}  # cleanrl_utils
     results = {name: [] for name, _ in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(bench.rounds):
             for name, flags in variants if r % 2 == 0 else variants[::-1]:
                 runs = os.path.join(tmp, f"{r}{name}")
-                cmd = [str(c) for c in common + flags]
-                full = cpu_seconds_of(cmd + ["--total-timesteps", str(bench.steps), "--runs-dir", runs + "full"])
-                warmup = cpu_seconds_of(cmd + ["--total-timesteps", str(bench.learning_starts + 1), "--runs-dir", runs])
+                if name == "CleanRL":
+                    cmd, where = [str(c) for c in flags], {"env": cleanrl_env}
+                    for d in (runs, runs + "full"):
+                        os.makedirs(d)
+                    full = cpu_seconds_of(cmd + ["--total-timesteps", str(bench.steps)], cwd=runs + "full", **where)
+                    warmup = cpu_seconds_of(cmd + ["--total-timesteps", str(bench.learning_starts + 1)], cwd=runs, **where)
+                else:
+                    cmd = [str(c) for c in common + flags]
+                    full = cpu_seconds_of(cmd + ["--total-timesteps", str(bench.steps), "--runs-dir", runs + "full"])
+                    warmup = cpu_seconds_of(cmd + ["--total-timesteps", str(bench.learning_starts + 1), "--runs-dir", runs])
                 results[name].append((full, 1000 * (full - warmup) / updates, last_sps(runs + "full")))
                 print(f"round {r + 1}: {name}: {full:.1f} CPU s, {results[name][-1][1]:.1f} ms/update", flush=True)
     print(f"\n{bench.script} on {bench.env_id}: {bench.steps} steps ({bench.learning_starts} random), batch {bench.batch_size}, "
           f"{bench.hidden_dim} wide, {bench.utd_ratio} updates/step, {'cuda' if bench.cuda else 'cpu'}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, medians of {bench.rounds} rounds\n")
+    if bench.cleanrl:
+        print(f"CleanRL: {bench.cleanrl} on {bench.cleanrl_env_id or bench.env_id} with {bench.cleanrl_python}\n")
     print("| variant | run CPU s | ms/update | SPS |\n|---|---|---|---|")
     medians = {name: [statistics.median(x) for x in zip(*rows)] for name, rows in results.items()}
     for name, (cpu, ms, sps) in medians.items():
         print(f"| {name} | {cpu:.1f} | {ms:.1f} | {sps:.0f} |")
     print(f"\nERA / --no-era, CPU per update: {medians['ERA'][1] / medians['--no-era'][1]:.3f}")
+    if bench.cleanrl:
+        for name in ("--no-era", "ERA"):
+            ratios = [a[1] / b[1] for a, b in zip(results[name], results["CleanRL"])]
+            print(f"{name} / CleanRL, CPU per update: {medians[name][1] / medians['CleanRL'][1]:.3f} (per round: "
+                  f"{', '.join(f'{x:.2f}' for x in ratios)}); whole run: {medians[name][0] / medians['CleanRL'][0]:.3f}")
 
 
 if __name__ == "__main__":
