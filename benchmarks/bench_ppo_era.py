@@ -12,10 +12,8 @@ inside each round, and the table gives medians over rounds, so machine load hits
 time: on a shared machine other processes' load does not enter it. Learning curves: benchmarks/run.py + plot.py.
 """
 import os
-import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +22,8 @@ from pathlib import Path
 from typing import Tuple
 
 import tyro
+
+from timing import timed_run  # benchmarks/timing.py
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,12 +64,7 @@ def cpu_seconds(command, bench, steps):
     with tempfile.TemporaryDirectory() as cwd:
         if "ppo_era.py" in command:
             cmd += ["--runs-dir", cwd]
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode:
-        raise RuntimeError(f"{shlex.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+        return timed_run(cmd, cwd=cwd, env=dict(os.environ, PYTHONPATH=str(REPO)))[1]
 
 
 def main(argv=None):

@@ -23,9 +23,7 @@ at its pinned gymnasium 0.29 (Hopper-v4; ours runs Hopper-v5):
 """
 import math
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -33,6 +31,8 @@ from pathlib import Path
 
 import tyro
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from timing import timed_run  # benchmarks/timing.py
 
 
 
@@ -66,16 +66,6 @@ class Args:
     """CleanRL's env id (default: --env-id), e.g. Hopper-v4 for its pinned gymnasium 0.29"""
 
 
-def cpu_seconds_of(cmd, cwd=None, env=None):
-    """User + system CPU seconds of the finished subprocess."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode:
-        sys.exit(f"{' '.join(map(str, cmd))} failed:\n{proc.stderr[-3000:]}")
-    return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-
-
 def last_sps(runs_dir):
     acc = EventAccumulator(str(next(Path(runs_dir).rglob("events.out.tfevents.*")).parent))
     acc.Reload()
@@ -104,15 +94,15 @@ def main(bench):
             for name, flags in variants if r % 2 == 0 else variants[::-1]:
                 runs = os.path.join(tmp, f"{r}{name}")
                 if name == "CleanRL":
-                    cmd, where = [str(c) for c in flags], {"env": cleanrl_env}
+                    cmd, where = flags, {"env": cleanrl_env}
                     for d in (runs, runs + "full"):
                         os.makedirs(d)
-                    full = cpu_seconds_of(cmd + ["--total-timesteps", str(bench.steps)], cwd=runs + "full", **where)
-                    warmup = cpu_seconds_of(cmd + ["--total-timesteps", str(bench.learning_starts + 1)], cwd=runs, **where)
+                    full = timed_run(cmd + ["--total-timesteps", bench.steps], cwd=runs + "full", **where)[1]
+                    warmup = timed_run(cmd + ["--total-timesteps", bench.learning_starts + 1], cwd=runs, **where)[1]
                 else:
-                    cmd = [str(c) for c in common + flags]
-                    full = cpu_seconds_of(cmd + ["--total-timesteps", str(bench.steps), "--runs-dir", runs + "full"])
-                    warmup = cpu_seconds_of(cmd + ["--total-timesteps", str(bench.learning_starts + 1), "--runs-dir", runs])
+                    cmd = common + flags
+                    full = timed_run(cmd + ["--total-timesteps", bench.steps, "--runs-dir", runs + "full"])[1]
+                    warmup = timed_run(cmd + ["--total-timesteps", bench.learning_starts + 1, "--runs-dir", runs])[1]
                 results[name].append((full, 1000 * (full - warmup) / updates, last_sps(runs + "full")))
                 print(f"round {r + 1}: {name}: {full:.1f} CPU s, {results[name][-1][1]:.1f} ms/update", flush=True)
     print(f"\n{bench.script} on {bench.env_id}: {bench.steps} steps ({bench.learning_starts} random), batch {bench.batch_size}, "

@@ -15,10 +15,8 @@ over rounds; the ERA/--no-era ratio is the median of the per-round ratios. Only 
 """
 import os
 import platform
-import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +26,8 @@ from typing import Dict, Tuple
 
 import torch
 import tyro
+
+from timing import timed_run  # benchmarks/timing.py
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,12 +69,8 @@ def cost(bench, script, flags, budget):
     with tempfile.TemporaryDirectory() as cwd:
         cmd = [sys.executable, str(REPO / f"{script}_era.py"), *shlex.split(common), *flags, budget_flag, str(budget),
                "--seed", str(bench.seed), "--runs-dir", cwd, "--cuda" if bench.cuda else "--no-cuda"]
-        before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-        wall, after = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode:
-        raise RuntimeError(f"{shlex.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, wall
+        _, cpu, wall = timed_run(cmd, cwd=cwd)
+    return cpu, wall
 
 
 def main(argv=None):

@@ -13,19 +13,18 @@ wall time. `entropy` runs ERA and --no-era once each and writes `charts/policy_e
 """
 import csv
 import os
-import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Tuple
 
 import tyro
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from timing import timed_run  # benchmarks/timing.py
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {"era": [], "noera": ["--no-era"], "era-compile": ["--compile"], "noera-compile": ["--no-era", "--compile"]}
@@ -69,13 +68,9 @@ def run(b, script, flags, runs_dir):
     """Run the script once; (its run directory, wall seconds, CPU seconds)."""
     cmd = [sys.executable, script, *flags, "--seed", str(b.seed), "--runs-dir", str(runs_dir)]
     env = dict(os.environ, OMP_NUM_THREADS=str(b.threads), MKL_NUM_THREADS=str(b.threads), PYTHONUNBUFFERED="1")
-    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall, after = time.time() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        sys.exit(f"failed ({proc.returncode}): {shlex.join(cmd)}\n{proc.stderr[-3000:]}")
+    _, cpu, wall = timed_run(cmd, env=env)
     dirs = sorted({p.parent for p in Path(runs_dir).rglob("events.out.tfevents.*")}, key=os.path.getmtime)
-    return dirs[-1], wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return dirs[-1], wall, cpu
 
 
 def scalars(run_dir):
