@@ -201,7 +201,7 @@ def chosen_rows(runs: List[dict], curves: Tuple[str, ...], envs: Tuple[str, ...]
             if len({r["stem"] for r in match}) > 1:
                 raise ValueError(f"--curve {label}: group {group} exists for several scripts; pass one script's tree")
             row.append((label, label, COLORS[i % len(COLORS)], match))
-        rows.append((env or "runs", row))
+        rows.append((env or ", ".join(dict.fromkeys(g for _, g, _ in specs)), row))  # no --env: the curves' groups
     return rows
 
 

@@ -320,6 +320,11 @@ def test_plot_chosen_curves_two_tags(tmp_path, capsys):
     img = Image.open(png)  # 2 envs x 2 tags
     assert img.size[0] >= 1200 and img.size[1] >= 800 and np.asarray(img.convert("L")).std() > 10
 
+    # without --env the panel is named after the curves' groups
+    rows = plot.main([str(tmp_path / "res"), "--curve", "PPO=Hopper-v5/baseline", "ERA=Hopper-v5-floor/era",
+                      "--out", str(tmp_path / "noenv.png")])
+    assert [r["env"] for r in rows] == ["Hopper-v5, Hopper-v5-floor"]
+
     for bad, match in [(["--curve", "PPO={env}/baseline"], "name the envs with --env"),
                        (["--env", "Hopper-v5"], "--env needs --curve"),
                        (["--curve", "PPO=Hopper-v5"], "expected LABEL=GROUP/VARIANT"),
