@@ -13,6 +13,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import logging
 import math
 import os
 import random
@@ -331,6 +332,7 @@ def read_rows(source, flag):
             return pq.read_table(source).to_pylist()
         if not os.path.exists(source):
             import datasets
+            logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its retry lines: the error below says it
             return list(datasets.load_dataset(source, split="train"))
         with open(source) as f:
             text = f.read()
