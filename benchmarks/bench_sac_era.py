@@ -35,7 +35,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from timing import timed_run  # benchmarks/timing.py
 
 
-
 @dataclass
 class Args:
     script: str = str(Path(__file__).resolve().parent.parent / "sac_era.py")
@@ -83,7 +82,7 @@ def main(bench):
     if bench.cleanrl and (bench.hidden_dim, bench.utd_ratio, bench.cuda) != (256, 1, False):
         sys.exit("error: --cleanrl: CleanRL's SAC is 256 wide with one update per step on this CPU run: "
                  "add --hidden-dim 256 --utd-ratio 1 --no-cuda")
-    if bench.cleanrl:  # it has no --hidden-dim/--utd-ratio/eval flags; it writes runs/ under its working directory
+    if bench.cleanrl:  # it has no --hidden-dim/--utd-ratio/eval flags
         variants.append(("CleanRL", [bench.cleanrl_python, os.path.abspath(bench.cleanrl), "--env-id",
                                      bench.cleanrl_env_id or bench.env_id, "--learning-starts", bench.learning_starts,
                                      "--batch-size", bench.batch_size, "--seed", 1, "--no-cuda"]))
@@ -93,12 +92,11 @@ def main(bench):
         for r in range(bench.rounds):
             for name, flags in variants if r % 2 == 0 else variants[::-1]:
                 runs = os.path.join(tmp, f"{r}{name}")
-                if name == "CleanRL":
-                    cmd, where = flags, {"env": cleanrl_env}
+                if name == "CleanRL":  # its runs/ go to its working directory
                     for d in (runs, runs + "full"):
                         os.makedirs(d)
-                    full = timed_run(cmd + ["--total-timesteps", bench.steps], cwd=runs + "full", **where)[1]
-                    warmup = timed_run(cmd + ["--total-timesteps", bench.learning_starts + 1], cwd=runs, **where)[1]
+                    full = timed_run(flags + ["--total-timesteps", bench.steps], cwd=runs + "full", env=cleanrl_env)[1]
+                    warmup = timed_run(flags + ["--total-timesteps", bench.learning_starts + 1], cwd=runs, env=cleanrl_env)[1]
                 else:
                     cmd = common + flags
                     full = timed_run(cmd + ["--total-timesteps", bench.steps, "--runs-dir", runs + "full"])[1]
