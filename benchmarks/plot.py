@@ -312,4 +312,8 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as e:  # a flag that names nothing plottable: one line, exit 2
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -331,6 +331,10 @@ def test_plot_chosen_curves_two_tags(tmp_path, capsys):
                        (["--curve", "PPO=Walker2d-v5/baseline"], r"no such runs \(found: HalfCheetah-v5-floor/era")]:
         with pytest.raises(ValueError, match=match):
             plot.main([str(tmp_path / "res"), "--out", str(tmp_path / "bad.png"), *bad])
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "plot.py"), str(tmp_path / "res"), "--curve",
+                           "PPO=Walker2d-v5/baseline", "--out", str(tmp_path / "bad.png")], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --curve PPO=Walker2d-v5/baseline: no such runs")
+    assert len(proc.stderr.strip().splitlines()) == 1  # the command line gets the message alone, no traceback
 
 
 def test_bench_speed_table_through_the_cli(capsys):
