@@ -79,14 +79,14 @@ def main(bench):
               "--eval-every", 0, "--eval-episodes", 1, "--save-every", 0, "--log-every", bench.steps,
               "--cuda" if bench.cuda else "--no-cuda"]
     updates = (bench.steps - bench.learning_starts - 1) * bench.utd_ratio
-    if bench.cleanrl and (bench.hidden_dim, bench.utd_ratio, bench.cuda) != (256, 1, False):
-        sys.exit("error: --cleanrl: CleanRL's SAC is 256 wide with one update per step on this CPU run: "
-                 "add --hidden-dim 256 --utd-ratio 1 --no-cuda")
     if bench.cleanrl:  # it has no --hidden-dim/--utd-ratio/eval flags
+        if (bench.hidden_dim, bench.utd_ratio, bench.cuda) != (256, 1, False):
+            sys.exit("error: --cleanrl: CleanRL's SAC is 256 wide with one update per step on this CPU run: "
+                     "add --hidden-dim 256 --utd-ratio 1 --no-cuda")
         variants.append(("CleanRL", [bench.cleanrl_python, os.path.abspath(bench.cleanrl), "--env-id",
                                      bench.cleanrl_env_id or bench.env_id, "--learning-starts", bench.learning_starts,
                                      "--batch-size", bench.batch_size, "--seed", 1, "--no-cuda"]))
-    cleanrl_env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.abspath(bench.cleanrl or "."))}  # cleanrl_utils
+        cleanrl_env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.abspath(bench.cleanrl))}  # cleanrl_utils
     results = {name: [] for name, _ in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(bench.rounds):
@@ -95,12 +95,10 @@ def main(bench):
                 if name == "CleanRL":  # its runs/ go to its working directory
                     for d in (runs, runs + "full"):
                         os.makedirs(d)
-                    full = timed_run(flags + ["--total-timesteps", bench.steps], cwd=runs + "full", env=cleanrl_env)[1]
-                    warmup = timed_run(flags + ["--total-timesteps", bench.learning_starts + 1], cwd=runs, env=cleanrl_env)[1]
+                    cpu = lambda steps, d: timed_run(flags + ["--total-timesteps", steps], cwd=d, env=cleanrl_env)[1]
                 else:
-                    cmd = common + flags
-                    full = timed_run(cmd + ["--total-timesteps", bench.steps, "--runs-dir", runs + "full"])[1]
-                    warmup = timed_run(cmd + ["--total-timesteps", bench.learning_starts + 1, "--runs-dir", runs])[1]
+                    cpu = lambda steps, d: timed_run(common + flags + ["--total-timesteps", steps, "--runs-dir", d])[1]
+                full, warmup = cpu(bench.steps, runs + "full"), cpu(bench.learning_starts + 1, runs)
                 results[name].append((full, 1000 * (full - warmup) / updates, last_sps(runs + "full")))
                 print(f"round {r + 1}: {name}: {full:.1f} CPU s, {results[name][-1][1]:.1f} ms/update", flush=True)
     print(f"\n{bench.script} on {bench.env_id}: {bench.steps} steps ({bench.learning_starts} random), batch {bench.batch_size}, "
