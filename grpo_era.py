@@ -618,6 +618,16 @@ def main(args):
     data_name = "eval_" + os.path.basename(source) if args.eval_only else os.path.splitext(os.path.basename(args.dataset))[0]
     run_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else os.path.join(
         args.runs_dir, f"{data_name}__{args.exp_name}__{args.seed}__{int(time.time())}")
+
+    stop = []  # the first SIGINT/SIGTERM: finish this optimizer step, save, exit 128 + signal; a second one stops at once
+
+    def request_stop(signum, frame):
+        stop.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+
     if rank == 0 and args.track:
         __import__("wandb").init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
                                  name=os.path.basename(run_dir), id=os.path.basename(run_dir), resume="allow", save_code=True)
@@ -642,14 +652,6 @@ def main(args):
         data_rng.bit_generator.state = checkpoint_["data_rng"]
         set_rng_state(checkpoint_["rng"][min(rank, len(checkpoint_["rng"]) - 1)])
 
-    stop = []  # the first SIGINT/SIGTERM: finish this optimizer step, save, exit 128 + signal; a second one stops at once
-
-    def request_stop(signum, frame):
-        stop.append(signum)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     n, per_rank, vllm_engine, stopped = args.num_generations, args.batch_size // args.num_generations // world_size, [], 0
     head = model.get_output_embeddings()
     band = (args.omega_low, args.omega_high, args.era_k)  # ERA

@@ -292,6 +292,16 @@ def main(args):
     run_dir = os.path.dirname(os.path.abspath(args.resume)) if checkpoint else os.path.join(
         args.runs_dir, f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}")
     run_name = os.path.basename(run_dir)
+
+    stop = []  # the first SIGINT/SIGTERM: finish this iteration, save, exit 128 + signal; a second one stops at once
+
+    def request_stop(signum, frame):
+        stop.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+
     if args.track:
         __import__("wandb").init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
                                  config=vars(args), name=run_name, id=run_name, resume="allow", save_code=True)
@@ -343,14 +353,6 @@ def main(args):
         next_episode, start_iteration, global_step = checkpoint["next_episode"], checkpoint["iteration"] + 1, checkpoint["global_step"]
         set_rng_state(checkpoint["rng"])
 
-    stop = []  # the first SIGINT/SIGTERM: finish this iteration, save, exit 128 + signal; a second one stops at once
-
-    def request_stop(signum, frame):
-        stop.append(signum)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     ckpt_path, start_step, start_time = os.path.join(run_dir, "checkpoint.pt"), global_step, time.time()
     for iteration in range(start_iteration, num_iterations + 1):
         # Annealing the rate if instructed to do so.

@@ -409,15 +409,6 @@ def main(args):
             dist.broadcast_object_list(run_name, src=0)
     run_dir = os.path.dirname(os.path.abspath(args.resume)) if checkpoint else os.path.join(args.runs_dir, run_name[0])
     ckpt_path, writer = os.path.join(run_dir, "checkpoint.pt"), None
-    if rank == 0:
-        if args.track:
-            import wandb
-            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
-                       name=os.path.basename(run_dir), id=os.path.basename(run_dir), resume="allow", save_code=True)
-        writer = SummaryWriter(run_dir, purge_step=global_step // steps_per_epoch + 1 if checkpoint else None)
-        if checkpoint is None:
-            writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-
     stop = []  # the first SIGINT/SIGTERM: finish this step, save, exit 128 + signal; a second one stops at once
 
     def request_stop(signum, frame):
@@ -427,6 +418,16 @@ def main(args):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    if rank == 0:
+        if args.track:
+            import wandb
+            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
+                       name=os.path.basename(run_dir), id=os.path.basename(run_dir), resume="allow", save_code=True)
+        writer = SummaryWriter(run_dir, purge_step=global_step // steps_per_epoch + 1 if checkpoint else None)
+        if checkpoint is None:
+            writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
     for epoch in range(global_step // steps_per_epoch, args.epochs):
         # ALGO LOGIC: one epoch of SGD. The order depends on (seed, epoch) only; each global batch is a contiguous slice
         # of it, split across processes; a resumed epoch skips the batches already trained on

@@ -343,6 +343,16 @@ def main(args):
     run_dir = os.path.dirname(os.path.abspath(args.resume)) if checkpoint else os.path.join(
         args.runs_dir, f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}")
     run_name = os.path.basename(run_dir)
+
+    stop = []  # the first SIGINT/SIGTERM: finish this episode, save, exit 128 + signal; a second one stops at once
+
+    def request_stop(signum, frame):
+        stop.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+
     if args.track:
         __import__("wandb").init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
                                  config=vars(args), name=run_name, id=run_name, resume="allow", monitor_gym=True, save_code=True)
@@ -402,14 +412,6 @@ def main(args):
         episode_actions = checkpoint["episode_actions"]
         set_rng_state(checkpoint["rng"])
 
-    stop = []  # the first SIGINT/SIGTERM: finish this episode, save, exit 128 + signal; a second one stops at once
-
-    def request_stop(signum, frame):
-        stop.append(signum)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     ckpt_path, saved_step, start_step, start_time = os.path.join(run_dir, "checkpoint.pt"), global_step, global_step, time.time()
 
     # TRY NOT TO MODIFY: start the game

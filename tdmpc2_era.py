@@ -548,6 +548,16 @@ def main(args):
     else:
         run_dir = os.path.dirname(os.path.abspath(args.resume))
         run_name = os.path.basename(run_dir)
+
+    stop = []  # the first SIGINT/SIGTERM: finish this episode, save, exit 128 + signal; a second one stops at once
+
+    def request_stop(signum, frame):
+        stop.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+
     if args.track:
         import wandb
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
@@ -584,14 +594,6 @@ def main(args):
         global_step, episode, next_eval, next_save = (checkpoint[k] for k in ("global_step", "episode", "next_eval", "next_save"))
         set_rng_state(checkpoint["rng"])
 
-    stop = []  # the first SIGINT/SIGTERM: finish this episode, save, exit 128 + signal; a second one stops at once
-
-    def request_stop(signum, frame):
-        stop.append(signum)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     ckpt_path = os.path.join(run_dir, "checkpoint.pt")
     pbar = tqdm(total=args.total_timesteps, initial=global_step, desc="agent steps")
     start_time, start_step = time.time(), global_step

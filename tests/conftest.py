@@ -41,13 +41,15 @@ def run_script(script, *flags, timeout=600, cwd=ROOT, **env):
 
 
 def start_script(script, *flags, cwd=ROOT, **env):
-    """Start `python script flags...` in the background (stdout/stderr piped, text)."""
+    """Start `python script flags...` in the background (stdout/stderr piped, text), leading its own process group
+    (so that a signal can go to the whole group, as a terminal's Ctrl-C does)."""
     return subprocess.Popen(command(script, *flags), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=cwd, env=script_env(**env))
+                            cwd=cwd, env=script_env(**env), start_new_session=True)
 
 
-def signal_when(proc, ready, sig=signal.SIGTERM, timeout=600, poll=0.05):
-    """Send `sig` to `proc` once `ready()` is true, then wait for it; returns (returncode, stdout, stderr)."""
+def signal_when(proc, ready, sig=signal.SIGTERM, timeout=600, poll=0.05, group=False):
+    """Send `sig` to `proc` (`group`: to its whole process group, its sub-processes too, as a terminal's Ctrl-C does)
+    once `ready()` is true, then wait for it; returns (returncode, stdout, stderr)."""
     deadline = time.time() + timeout
     while not ready():
         if proc.poll() is not None:
@@ -57,7 +59,7 @@ def signal_when(proc, ready, sig=signal.SIGTERM, timeout=600, poll=0.05):
             proc.kill()
             raise AssertionError("the run never became ready for the signal")
         time.sleep(poll)
-    proc.send_signal(sig)
+    os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
 

@@ -111,21 +111,23 @@ def test_more_bad_input_in_process(tmp_path, capsys):
 
 
 def test_sigterm_then_sigint_save_and_resume_alone_is_exact(reference, tmp_path, monkeypatch, one_thread):
-    """SIGTERM mid-run: exit 143 with a checkpoint; `--resume PATH` alone continues, and a SIGINT mid-way through that
-    run: exit 130 with a newer checkpoint; `--resume PATH` alone finishes (here in this process, on one thread as the
-    subprocesses). Every scalar equals the reference run's."""
+    """SIGTERM as soon as the run has written its event file: step 1 finishes, exit 143 with a checkpoint at step 1;
+    `--resume PATH` alone continues, and a SIGINT as soon as that run has opened its own event file: exit 130 with a
+    checkpoint at step 2; `--resume PATH` alone finishes (here in this process, on one thread as the subprocesses).
+    Every scalar equals the reference run's. (A step takes ~35 ms here: signals sent on a timer land anywhere; the
+    handlers go in before the run writes anything, so these land before step 1 and before step 2.)"""
+    events = lambda: list((tmp_path / "cut").glob("*/events.out.tfevents.*"))  # noqa: E731
     proc = start_script("grpo_era.py", *REFERENCE, "--runs-dir", tmp_path / "cut")
-    code, out, err = signal_when(proc, lambda: list((tmp_path / "cut").glob("*/checkpoint.pt")), signal.SIGTERM)
+    code, out, err = signal_when(proc, lambda: events(), signal.SIGTERM)
     assert code == 143, err[-3000:]
     run_dir = only_run_dir(tmp_path / "cut")
     ckpt = run_dir / "checkpoint.pt"
     assert f"--resume {ckpt}" in err
-    step = torch.load(ckpt, weights_only=False)["global_step"]
-    saved = ckpt.stat().st_mtime_ns
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 1
     proc = start_script("grpo_era.py", "--resume", ckpt)
-    code, out, err = signal_when(proc, lambda: ckpt.stat().st_mtime_ns != saved, signal.SIGINT)
+    code, out, err = signal_when(proc, lambda: len(events()) == 2, signal.SIGINT)
     assert code == 130, err[-3000:]
-    assert step < torch.load(ckpt, weights_only=False)["global_step"] < 6, "both signals should land mid-run"
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 2
     monkeypatch.setattr(sys, "argv", ["grpo_era.py", "--resume", str(ckpt)])
     grpo_era.main(grpo_era.parse_args())
     assert_same_scalars(scalars(reference), scalars(run_dir))

@@ -65,13 +65,16 @@ def test_floor_is_ppo_until_it_binds(tmp_path):
 def test_signal_saves_and_resume_is_exact(tmp_path, env_id, vector_env, sig):
     """A signal mid-run: the iteration finishes, checkpoint.pt is written, exit 128 + signal; `--resume PATH` alone
     (SIGTERM), or with the run's own flags repeated as benchmarks/run.py does (SIGINT), then logs exactly what an
-    uninterrupted run logs (its sub-envs replay their unfinished episodes)."""
+    uninterrupted run logs (its sub-envs replay their unfinished episodes). The SIGINT goes to the whole process group,
+    as a terminal's Ctrl-C does: the async sub-env workers get it too (they inherit the handler; a worker that raised
+    KeyboardInterrupt crashed the run before the handlers were installed ahead of the env setup)."""
     flags = ["--env-id", env_id, "--vector-env", vector_env, *TINY, "--total-timesteps", "1024", "--eval-every",
              "512" if env_id == "Hopper-v5" else "0", "--save-every", "128"]  # a dm_control evaluation: 1000 steps
     full = run_script(SCRIPT, *flags, "--runs-dir", tmp_path / "full")
     assert full.returncode == 0, full.stderr[-3000:]
     proc = start_script(SCRIPT, *flags, "--runs-dir", tmp_path / "cut")
-    code, _, err = signal_when(proc, lambda: any((tmp_path / "cut").rglob("checkpoint.pt")), sig=sig)
+    code, _, err = signal_when(proc, lambda: any((tmp_path / "cut").rglob("checkpoint.pt")), sig=sig,
+                               group=sig == signal.SIGINT)
     assert code == 128 + sig, err[-3000:]
     checkpoint_path = next((tmp_path / "cut").rglob("checkpoint.pt"))
     assert f"--resume {checkpoint_path}" in err
