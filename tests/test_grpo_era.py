@@ -13,8 +13,8 @@ import sys
 import pytest
 import torch
 
-from conftest import (ROOT, assert_bad_input, assert_same_scalars, only_run_dir, run_script, scalars, script_env,
-                      signal_when, start_script, without_timing)
+from conftest import (ROOT, assert_bad_input, assert_same_scalars, events_written, only_run_dir, run_script, scalars,
+                      script_env, signal_when, start_script, without_timing)
 
 import grpo_era  # noqa: E402
 from grpo_era import Args  # noqa: E402
@@ -116,16 +116,15 @@ def test_sigterm_then_sigint_save_and_resume_alone_is_exact(reference, tmp_path,
     checkpoint at step 2; `--resume PATH` alone finishes (here in this process, on one thread as the subprocesses).
     Every scalar equals the reference run's. (A step takes ~35 ms here: signals sent on a timer land anywhere; the
     handlers go in before the run writes anything, so these land before step 1 and before step 2.)"""
-    events = lambda: list((tmp_path / "cut").glob("*/events.out.tfevents.*"))  # noqa: E731
     proc = start_script("grpo_era.py", *REFERENCE, "--runs-dir", tmp_path / "cut")
-    code, out, err = signal_when(proc, lambda: events(), signal.SIGTERM)
+    code, out, err = signal_when(proc, events_written(tmp_path / "cut"), signal.SIGTERM)
     assert code == 143, err[-3000:]
     run_dir = only_run_dir(tmp_path / "cut")
     ckpt = run_dir / "checkpoint.pt"
     assert f"--resume {ckpt}" in err
     assert torch.load(ckpt, weights_only=False)["global_step"] == 1
     proc = start_script("grpo_era.py", "--resume", ckpt)
-    code, out, err = signal_when(proc, lambda: len(events()) == 2, signal.SIGINT)
+    code, out, err = signal_when(proc, events_written(tmp_path / "cut", 2), signal.SIGINT)
     assert code == 130, err[-3000:]
     assert torch.load(ckpt, weights_only=False)["global_step"] == 2
     monkeypatch.setattr(sys, "argv", ["grpo_era.py", "--resume", str(ckpt)])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import (assert_bad_input, assert_same_scalars, only_run_dir, run_script, scalars, signal_when,
+from conftest import (assert_bad_input, events_written, assert_same_scalars, only_run_dir, run_script, scalars, signal_when,
                       start_script)
 
 SCRIPT = "sac_era.py"
@@ -74,10 +74,11 @@ def test_signals_save_and_resume_exactly(tmp_path):
     for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
         runs = tmp_path / sig.name
         proc = start_script(SCRIPT, *flags, "--runs-dir", runs)
-        rc, out, err = signal_when(proc, lambda: any(runs.rglob("checkpoint.pt")), sig)
+        rc, out, err = signal_when(proc, events_written(runs), sig)
         checkpoint = only_run_dir(runs) / "checkpoint.pt"
         assert rc == code and "--resume" in err, err[-3000:]
-        assert 0 < torch.load(checkpoint, weights_only=False)["global_step"] < 600
+        saved = torch.load(checkpoint, weights_only=False)
+        assert 0 < saved["global_step"] < 600 and saved["episode"] == 1  # stopped at the end of the first episode
         resumed = run_script(SCRIPT, "--resume", checkpoint)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert_same_scalars(scalars(only_run_dir(runs)), expected)
