@@ -15,10 +15,13 @@ variant, the medians over rounds of:
 
 With `--cleanrl PATH` CleanRL's `sac_continuous_action.py` runs the same work as a third variant, timed the same
 way (it has 256-wide networks and one update per step, so `--hidden-dim 256 --utd-ratio 1`), e.g. in its own venv
-at its pinned gymnasium 0.29 (Hopper-v4; ours runs Hopper-v5):
+at its pinned gymnasium 0.29 (Hopper-v4; ours runs Hopper-v5). The venv used for README's figures:
 
+    git clone https://github.com/vwxyzjn/cleanrl && git -C cleanrl checkout fe8d8a0
+    python -m venv --system-site-packages cleanrl-venv   # torch, tyro, tensorboard from this project's install
+    cleanrl-venv/bin/pip install gymnasium==0.29.1 mujoco==2.3.3 stable-baselines3==2.1.0   # CleanRL's pins
     OMP_NUM_THREADS=1 python benchmarks/bench_sac_era.py --env-id Hopper-v5 --steps 3000 --learning-starts 1000 \
-        --hidden-dim 256 --utd-ratio 1 --cleanrl cleanrl/sac_continuous_action.py \
+        --hidden-dim 256 --utd-ratio 1 --cleanrl cleanrl/cleanrl/sac_continuous_action.py \
         --cleanrl-python cleanrl-venv/bin/python --cleanrl-env-id Hopper-v4
 """
 import math
@@ -86,7 +89,8 @@ def main(bench):
         variants.append(("CleanRL", [bench.cleanrl_python, os.path.abspath(bench.cleanrl), "--env-id",
                                      bench.cleanrl_env_id or bench.env_id, "--learning-starts", bench.learning_starts,
                                      "--batch-size", bench.batch_size, "--seed", 1, "--no-cuda"]))
-        cleanrl_env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.abspath(bench.cleanrl))}  # cleanrl_utils
+        here = os.path.dirname(os.path.abspath(bench.cleanrl))  # cleanrl_utils/: beside the script or one level up
+        cleanrl_env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.path.dirname(here)])}
     results = {name: [] for name, _ in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(bench.rounds):
