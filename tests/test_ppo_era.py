@@ -11,8 +11,8 @@ import signal
 import pytest
 import torch
 
-from conftest import (assert_bad_input, events_written, assert_same_scalars, only_run_dir, run_script, scalars, signal_when,
-                      start_script)
+from conftest import (assert_bad_input, assert_same_scalars, events_written, only_run_dir, run_script, scalars,
+                      signal_when, start_script)
 
 SCRIPT = "ppo_era.py"
 TINY = ["--num-envs", "2", "--num-steps", "64", "--num-minibatches", "4", "--update-epochs", "2", "--log-every", "128",

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import (assert_bad_input, events_written, assert_same_scalars, only_run_dir, run_script, scalars, signal_when,
-                      start_script)
+from conftest import (assert_bad_input, assert_same_scalars, events_written, only_run_dir, run_script, scalars,
+                      signal_when, start_script)
 
 SCRIPT = "sac_era.py"
 TINY = ["--learning-starts", "100", "--batch-size", "16", "--hidden-dim", "16", "--utd-ratio", "1", "--log-every", "10",
