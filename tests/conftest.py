@@ -66,9 +66,8 @@ def signal_when(proc, ready, sig=signal.SIGTERM, timeout=600, poll=0.05, group=F
 
 def events_written(runs_dir, n=1):
     """A `ready` for signal_when: `n` tensorboard event files exist under `runs_dir` (a run writes one when it starts
-    and one each time it is resumed). The scripts install their signal handlers before that, so a signal sent then
-    stops the run at its first unit boundary (after the first SAC episode, PPO iteration, GRPO or ResNet step): the
-    test knows where the run stops, however fast or loaded the machine is."""
+    and one each time it is resumed). The scripts install their signal handlers before that, so a signal sent then is
+    always handled, as early in the run as a test can ask for (where exactly it lands still depends on the machine)."""
     return lambda: len(list(Path(runs_dir).rglob("events.out.tfevents.*"))) >= n
 
 

@@ -13,8 +13,8 @@ import sys
 import pytest
 import torch
 
-from conftest import (ROOT, assert_bad_input, assert_same_scalars, events_written, only_run_dir, run_script, scalars,
-                      script_env, signal_when, start_script, without_timing)
+from conftest import (ROOT, assert_bad_input, assert_same_scalars, only_run_dir, run_script, scalars, script_env,
+                      without_timing)
 
 import grpo_era  # noqa: E402
 from grpo_era import Args  # noqa: E402
@@ -110,23 +110,38 @@ def test_more_bad_input_in_process(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+# grpo_era.py run as a user runs it, except that right after its first checkpoint it sends itself a signal: a step
+# takes ~35 ms here, so a signal from the test process on a timer would land at any step
+SIGNAL_AFTER_FIRST_SAVE = """
+import os, signal, grpo_era
+save = grpo_era.save_checkpoint
+def save_then_signal(*args, **kwargs):
+    save(*args, **kwargs)
+    grpo_era.save_checkpoint = save
+    os.kill(os.getpid(), signal.{})
+grpo_era.save_checkpoint = save_then_signal
+grpo_era.main(grpo_era.parse_args())
+"""
+
+
 def test_sigterm_then_sigint_save_and_resume_alone_is_exact(reference, tmp_path, monkeypatch, one_thread):
-    """SIGTERM as soon as the run has written its event file: step 1 finishes, exit 143 with a checkpoint at step 1;
-    `--resume PATH` alone continues, and a SIGINT as soon as that run has opened its own event file: exit 130 with a
-    checkpoint at step 2; `--resume PATH` alone finishes (here in this process, on one thread as the subprocesses).
-    Every scalar equals the reference run's. (A step takes ~35 ms here: signals sent on a timer land anywhere; the
-    handlers go in before the run writes anything, so these land before step 1 and before step 2.)"""
-    proc = start_script("grpo_era.py", *REFERENCE, "--runs-dir", tmp_path / "cut")
-    code, out, err = signal_when(proc, events_written(tmp_path / "cut"), signal.SIGTERM)
-    assert code == 143, err[-3000:]
+    """SIGTERM right after the checkpoint of step 1 (the step's stop check has passed): step 2 runs, is saved, exit 143;
+    `--resume PATH` alone continues, and a SIGINT right after its first checkpoint (step 3): exit 130 with the
+    checkpoint of step 4; `--resume PATH` alone finishes (here in this process, on one thread as the subprocesses).
+    Every scalar equals the reference run's."""
+    def run(sig, *flags):
+        proc = subprocess.run([sys.executable, "-c", SIGNAL_AFTER_FIRST_SAVE.format(sig.name), *map(str, flags)],
+                              capture_output=True, text=True, timeout=600, cwd=ROOT, env=script_env())
+        assert proc.returncode == 128 + sig, proc.stderr[-3000:]
+        return proc.stderr
+
+    err = run(signal.SIGTERM, *REFERENCE, "--runs-dir", tmp_path / "cut")
     run_dir = only_run_dir(tmp_path / "cut")
     ckpt = run_dir / "checkpoint.pt"
     assert f"--resume {ckpt}" in err
-    assert torch.load(ckpt, weights_only=False)["global_step"] == 1
-    proc = start_script("grpo_era.py", "--resume", ckpt)
-    code, out, err = signal_when(proc, events_written(tmp_path / "cut", 2), signal.SIGINT)
-    assert code == 130, err[-3000:]
     assert torch.load(ckpt, weights_only=False)["global_step"] == 2
+    run(signal.SIGINT, "--resume", ckpt)
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 4
     monkeypatch.setattr(sys, "argv", ["grpo_era.py", "--resume", str(ckpt)])
     grpo_era.main(grpo_era.parse_args())
     assert_same_scalars(scalars(reference), scalars(run_dir))

@@ -78,7 +78,7 @@ def test_signal_saves_and_resume_is_exact(tmp_path, env_id, vector_env, sig):
     checkpoint_path = next((tmp_path / "cut").rglob("checkpoint.pt"))
     assert f"--resume {checkpoint_path}" in err
     checkpoint = torch.load(checkpoint_path, weights_only=False)
-    assert checkpoint["global_step"] == 128  # the first iteration (2 envs x 64 steps) finished, then saved
+    assert checkpoint["global_step"] < 1024, "the signal came after the end: nothing was resumed"
     assert any(len(actions) for _, actions in checkpoint["episodes"])  # an episode was cut and will be replayed
     repeated = [] if sig == signal.SIGTERM else [*flags, "--runs-dir", tmp_path / "cut"]
     resumed = run_script(SCRIPT, *repeated, "--resume", checkpoint_path)

@@ -96,21 +96,21 @@ RESUME = ["--dataset", "digits", "--epochs", "3", "--batch-size", "32", "--train
 
 
 def test_sigterm_sigint_then_resume_is_exact_for_any_worker_count(tmp_path):
-    """A run with 2 data-loader workers is stopped by SIGTERM as soon as it has written its event file (so during step
-    1: the handlers are in before that), resumed, stopped by SIGINT to its whole process group (a terminal's Ctrl-C:
-    the workers get it too) as soon as the resumed run has opened its own event file (step 2), and resumed to the end:
-    it logs exactly what an uninterrupted run with 0 workers logs."""
+    """A run with 2 data-loader workers is stopped by SIGTERM as soon as it has written its event file (the handlers
+    are in before that), resumed, stopped by SIGINT to its whole process group (a terminal's Ctrl-C: the workers get it
+    too) as soon as the resumed run has opened its own event file, and resumed to the end: it logs exactly what an
+    uninterrupted run with 0 workers logs."""
     reference = run_script(SCRIPT, *RESUME, "--num-workers", "0", "--runs-dir", tmp_path / "reference")
     assert reference.returncode == 0, reference.stderr[-3000:]
     proc = start_script(SCRIPT, *RESUME, "--num-workers", "2", "--runs-dir", tmp_path / "cut")
     code, _, err = signal_when(proc, events_written(tmp_path / "cut"), signal.SIGTERM)
     assert code == 143 and "--resume" in err.splitlines()[-1], err[-3000:]
     ckpt_path = next((tmp_path / "cut").rglob("checkpoint.pt"))
-    assert torch.load(ckpt_path, weights_only=False)["global_step"] == 1
+    first_stop = torch.load(ckpt_path, weights_only=False)["global_step"]
     proc = start_script(SCRIPT, "--resume", ckpt_path)
     code, _, err = signal_when(proc, events_written(tmp_path / "cut", 2), signal.SIGINT, group=True)
     assert code == 130, err[-3000:]
-    assert torch.load(ckpt_path, weights_only=False)["global_step"] == 2  # stopped twice, mid-epoch, before the end
+    assert 1 <= first_stop < torch.load(ckpt_path, weights_only=False)["global_step"] < 12  # stopped twice, before the end
     resumed = run_script(SCRIPT, "--resume", ckpt_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_scalars(scalars(only_run_dir(tmp_path / "reference")), scalars(only_run_dir(tmp_path / "cut")))

@@ -77,8 +77,7 @@ def test_signals_save_and_resume_exactly(tmp_path):
         rc, out, err = signal_when(proc, events_written(runs), sig)
         checkpoint = only_run_dir(runs) / "checkpoint.pt"
         assert rc == code and "--resume" in err, err[-3000:]
-        saved = torch.load(checkpoint, weights_only=False)
-        assert 0 < saved["global_step"] < 600 and saved["episode"] == 1  # stopped at the end of the first episode
+        assert 0 < torch.load(checkpoint, weights_only=False)["global_step"] < 600  # at an episode's end, mid-run
         resumed = run_script(SCRIPT, "--resume", checkpoint)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert_same_scalars(scalars(only_run_dir(runs)), expected)
