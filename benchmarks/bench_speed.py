@@ -64,12 +64,14 @@ class Bench:
 
 
 def cost(bench, script, flags, budget):
-    """(CPU seconds, wall seconds) of one run, in a fresh working directory that also holds its runs/."""
+    """(CPU seconds, wall seconds) of one run, in a fresh working directory that also holds its runs/ and its own
+    torch.compile cache: every --compile run compiles cold, so compilation cancels in the difference of two runs (with
+    the shared cache the second run could load what the first compiled, and the difference came out negative)."""
     _, common, budget_flag, _, _ = WORK[script]
     with tempfile.TemporaryDirectory() as cwd:
         cmd = [sys.executable, str(REPO / f"{script}_era.py"), *shlex.split(common), *flags, budget_flag, str(budget),
                "--seed", str(bench.seed), "--runs-dir", cwd, "--cuda" if bench.cuda else "--no-cuda"]
-        _, cpu, wall = timed_run(cmd, cwd=cwd)
+        _, cpu, wall = timed_run(cmd, cwd=cwd, env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": os.path.join(cwd, "inductor")})
     return cpu, wall
 
 
