@@ -23,7 +23,7 @@ import tyro
 from torch.utils.tensorboard import SummaryWriter
 
 from era_core import HALF_LOG_2PI_E, TRUNCATION_BOUND, check_gaussian_target, gaussian_entropy_floor  # ERA
-from era_core import truncated_normal_entropy, truncated_normal_log_prob, truncated_normal_rsample  # ERA
+from era_core import truncated_normal_entropy, truncated_normal_rsample_log_prob  # ERA
 
 SCRIPT = os.path.basename(__file__)
 
@@ -289,10 +289,10 @@ class Actor(nn.Module):
         """tanh(N(mean, std²)): a reparameterised action, its log-probability, the deterministic action, log std."""
         mean, raw_std = self(x)
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(raw_std) + 1)  # From SpinUp / Denis Yarats
-        std = log_std.exp()
-        x_t = mean + std * torch.randn_like(mean)  # for reparameterization trick (mean + std * N(0,1))
-        action = torch.tanh(x_t)
-        log_prob = torch.distributions.Normal(mean, std).log_prob(x_t) - torch.log(1 - action.pow(2) + 1e-6)
+        noise = torch.randn_like(mean)
+        action = torch.tanh(mean + log_std.exp() * noise)  # for reparameterization trick (mean + std * N(0,1))
+        # log N(mean + std * noise; mean, std), written out: torch.distributions.Normal checks its arguments (a GPU sync)
+        log_prob = -0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi) - torch.log(1 - action.pow(2) + 1e-6)
         return action, log_prob.sum(-1), torch.tanh(mean), log_std
 
 
@@ -309,8 +309,8 @@ class EraActor(nn.Module):  # ERA: SAC's actor network with ERA's std activation
         mean, raw_std = self(x)  # ERA
         log_std = gaussian_entropy_floor(raw_std, self.target_entropy + self.delta.detach(), *self.log_std_bounds)  # ERA
         loc, scale = torch.tanh(mean).clamp(-TRUNCATION_BOUND, TRUNCATION_BOUND), log_std.exp().clamp(min=1e-6)  # ERA
-        action = truncated_normal_rsample(loc, scale)  # ERA
-        return action, truncated_normal_log_prob(action, loc, scale), loc, log_std  # ERA
+        action, log_prob = truncated_normal_rsample_log_prob(loc, scale)  # ERA
+        return action, log_prob, loc, log_std  # ERA
 
 
 def optimize(optimizer, loss):

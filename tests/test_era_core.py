@@ -18,7 +18,7 @@ from scipy.stats import truncnorm
 from era_core import (HALF_LOG_2PI_E, TRUNCATION_BOUND, check_gaussian_target, check_softmax_floor,
                       era_llm_transform, gaussian_entropy_floor, raise_gaussian_entropy, softmax_entropy_floor,
                       top_entropy_mean, truncated_normal_entropy, truncated_normal_entropy_bound,
-                      truncated_normal_log_prob, truncated_normal_rsample)
+                      truncated_normal_log_prob, truncated_normal_rsample, truncated_normal_rsample_log_prob)
 
 EXAMPLES = int(os.environ.get("ERA_CORE_EXAMPLES", "200"))
 ROWS = 64  # rows per example: EXAMPLES * ROWS = 12 800 cases per property by default
@@ -150,6 +150,31 @@ def test_truncated_normal_helpers_match_scipy():
     ref1 = truncnorm((-TRUNCATION_BOUND - 0.7) / 0.4, (TRUNCATION_BOUND - 0.7) / 0.4, loc=0.7, scale=0.4)
     assert sample.abs().max() <= TRUNCATION_BOUND
     assert abs(sample.mean().item() - ref1.mean()) < 3e-3 and abs(sample.std().item() - ref1.std()) < 3e-3
+
+
+def test_truncated_normal_sampler_is_the_official_inverse_cdf_and_its_log_prob_the_density():
+    # the erf form of the sampler is the official Φ form: same u, same x; the joint function returns that sample and
+    # truncated_normal_log_prob at it, with the same gradients in loc and scale (float64, so rounding stays below 1e-9)
+    g = torch.Generator().manual_seed(1)
+    loc = ((torch.rand(500, 4, generator=g, dtype=torch.float64) * 2 - 1) * TRUNCATION_BOUND).requires_grad_()
+    scale = torch.exp(torch.rand(500, 4, generator=g, dtype=torch.float64) * 7 - 6).requires_grad_()
+    cdf = lambda v: 0.5 * (1 + torch.erf(v / math.sqrt(2)))
+    torch.manual_seed(2)
+    x = truncated_normal_rsample(loc, scale)
+    torch.manual_seed(2)
+    u = torch.rand_like(loc).clamp(1e-6, 1 - 1e-6)
+    low, high = cdf((-TRUNCATION_BOUND - loc) / scale), cdf((TRUNCATION_BOUND - loc) / scale)
+    official = (loc + scale * math.sqrt(2) * torch.erfinv(2 * (low + u * (high - low)) - 1)).clamp(-1, 1)
+    assert torch.allclose(x, official, rtol=0, atol=1e-9)
+    torch.manual_seed(2)
+    x2, log_prob = truncated_normal_rsample_log_prob(loc, scale)
+    assert torch.equal(x2, x)
+    reference = truncated_normal_log_prob(x, loc, scale)
+    assert torch.allclose(log_prob, reference, rtol=0, atol=1e-8)
+    grads = torch.autograd.grad(log_prob.sum() + x2.sum(), (loc, scale))
+    reference_grads = torch.autograd.grad(reference.sum() + x.sum(), (loc, scale))
+    for got, want in zip(grads, reference_grads):
+        assert torch.allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
 @PROPERTY

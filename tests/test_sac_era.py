@@ -2,13 +2,17 @@
 bad input, video under OSMesa, HumanoidBench."""
 import importlib.util
 import signal
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import (assert_bad_input, assert_same_scalars, events_written, only_run_dir, run_script, scalars,
+from conftest import (ROOT, assert_bad_input, assert_same_scalars, events_written, only_run_dir, run_script, scalars,
                       signal_when, start_script)
+
+sys.path.insert(0, str(ROOT))
+import sac_era  # noqa: E402  (only for the baseline actor's density)
 
 SCRIPT = "sac_era.py"
 TINY = ["--learning-starts", "100", "--batch-size", "16", "--hidden-dim", "16", "--utd-ratio", "1", "--log-every", "10",
@@ -41,6 +45,20 @@ def test_era_pins_the_entropy_and_time_outs_bootstrap(tmp_path):
     breaks = torch.nonzero((rb["next_obs"][:-1] != rb["obs"][1:]).any(-1)).flatten().tolist()
     assert breaks == [999]  # consecutive transitions chain, except across the episode boundary
     assert ckpt["episode"] == 1 and len(ckpt["episode_actions"]) == 100  # saved at the end, mid-episode
+
+
+def test_baseline_log_prob_is_the_tanh_gaussian_density():
+    # the written-out log N(x_t; mean, std) with tanh's correction is torch.distributions.Normal's, at the same noise
+    torch.manual_seed(0)
+    actor, x = sac_era.Actor(5, 3, 16), torch.randn(64, 5) * 3
+    torch.manual_seed(1)
+    action, log_prob, _, log_std = actor.get_action(x)
+    torch.manual_seed(1)
+    mean, _ = actor(x)
+    x_t = mean + log_std.exp() * torch.randn_like(mean)
+    reference = torch.distributions.Normal(mean, log_std.exp()).log_prob(x_t) - torch.log(1 - torch.tanh(x_t).pow(2) + 1e-6)
+    assert torch.allclose(action, torch.tanh(x_t), atol=1e-6)
+    assert torch.allclose(log_prob, reference.sum(-1), atol=1e-4)
 
 
 def test_no_era_is_sac_and_terminations_stop_bootstrapping(tmp_path):
