@@ -421,7 +421,7 @@ def main(args):
                     # calculate approx_kl http://joschu.net/blog/kl-approx.html
                     old_approx_kl = (-logratio).mean()
                     approx_kl = ((ratio - 1) - logratio).mean()
-                    clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
+                    clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean())  # no .item(): no sync
 
                 mb_advantages = b_advantages[mb_inds]
                 if args.norm_adv:
@@ -452,7 +452,8 @@ def main(args):
             for tag, value in [("charts/learning_rate", optimizer.param_groups[0]["lr"]), ("losses/value_loss", v_loss.item()),
                                ("losses/policy_loss", pg_loss.item()), ("losses/entropy", entropy_loss.item()),
                                ("losses/old_approx_kl", old_approx_kl.item()), ("losses/approx_kl", approx_kl.item()),
-                               ("losses/clipfrac", np.mean(clipfracs)), ("losses/explained_variance", explained_var),
+                               ("losses/clipfrac", torch.stack(clipfracs).mean().item()),
+                               ("losses/explained_variance", explained_var),
                                ("charts/SPS", int((global_step - start_step) / (time.time() - start_time)))]:
                 writer.add_scalar(tag, value, global_step)
             if args.era:  # ERA
