@@ -410,8 +410,9 @@ def main(args):
         clipfracs = []
         for epoch in range(args.update_epochs):
             np.random.shuffle(b_inds)
+            epoch_inds = torch.from_numpy(b_inds).to(device)  # one host-to-device copy per epoch, not six per minibatch
             for start in range(0, batch_size, batch_size // args.num_minibatches):
-                mb_inds = b_inds[start:start + batch_size // args.num_minibatches]
+                mb_inds = epoch_inds[start:start + batch_size // args.num_minibatches]
 
                 _, newlogprob, entropy, newvalue = policy(b_obs[mb_inds], b_actions[mb_inds])
                 logratio = newlogprob - b_logprobs[mb_inds]
