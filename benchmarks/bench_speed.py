@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/bench_speed.py                      # all five scripts on CPU
     OMP_NUM_THREADS=1 python benchmarks/bench_speed.py --scripts sac ppo --rounds 3 --no-compile
+    OMP_NUM_THREADS=1 python benchmarks/bench_speed.py --paired --no-compile --rounds 5  # ERA/--no-era, drift cancelled
     python benchmarks/bench_speed.py --cuda --scripts sac tdmpc2            # on a GPU: wall seconds instead
 
 Each cell runs the script through its command line, in a subprocess, at two budgets of the same configuration
@@ -12,7 +13,13 @@ temperature), PPO env steps, TD-MPC2 agent steps (one planning + one update each
 steps. On CPU the cost is CPU seconds (user + sys of the run and its children; the load of other processes does not
 enter it); with --cuda it is wall seconds. The variants alternate inside each round and the table gives medians
 over rounds; the ERA/--no-era ratio is the median of the per-round ratios. Only the scripts' command lines are used.
+
+Runs one after another see the machine drift (here ±15 % between runs of the same work); with --paired, ERA and
+--no-era run at the same time, each pinned to its own core, so the drift cancels in their ratio (the per-round PPO
+ratio scattered over 0.97-1.15 one after another, over 1.03-1.09 paired). The absolute figures of paired runs include
+the contention of two processes for the memory bus and shared cache, so compare them only with each other.
 """
+import contextlib
 import os
 import platform
 import shlex
@@ -27,7 +34,7 @@ from typing import Dict, Tuple
 import torch
 import tyro
 
-from timing import timed_run  # benchmarks/timing.py
+from timing import timed_run, timed_runs  # benchmarks/timing.py
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,6 +61,9 @@ class Bench:
     """rounds; each runs every variant at both budgets, in alternating order"""
     compile: bool = True
     """also time --compile (ERA and --no-era)"""
+    paired: bool = False
+    """run ERA and --no-era at the same time, one per CPU core (swapped every round), instead of one after the other:
+    the machine's drift then hits both alike and their ratio is far less noisy (CPU only; takes both cores)"""
     cuda: bool = False
     """run on the GPU (--cuda) and report wall seconds; default: --no-cuda and CPU seconds"""
     seed: int = 1
@@ -63,16 +73,21 @@ class Bench:
     (appended after the defaults, so they override them)"""
 
 
-def cost(bench, script, flags, budget):
-    """(CPU seconds, wall seconds) of one run, in a fresh working directory that also holds its runs/ and its own
-    torch.compile cache: every --compile run compiles cold, so compilation cancels in the difference of two runs (with
-    the shared cache the second run could load what the first compiled, and the difference came out negative)."""
+def cost(bench, script, variants, budget):
+    """[(CPU seconds, wall seconds)] of one run per variant (a list of flags), each in a fresh working directory that
+    also holds its runs/ and its own torch.compile cache: every --compile run compiles cold, so compilation cancels in
+    the difference of two runs (with the shared cache the second run could load what the first compiled, and the
+    difference came out negative). One variant runs alone; two run at the same time, one per core (--paired)."""
     _, common, budget_flag, _, _ = WORK[script]
-    with tempfile.TemporaryDirectory() as cwd:
-        cmd = [sys.executable, str(REPO / f"{script}_era.py"), *shlex.split(common), *flags, budget_flag, str(budget),
-               "--seed", str(bench.seed), "--runs-dir", cwd, "--cuda" if bench.cuda else "--no-cuda"]
-        _, cpu, wall = timed_run(cmd, cwd=cwd, env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": os.path.join(cwd, "inductor")})
-    return cpu, wall
+    with contextlib.ExitStack() as stack:
+        cwds = [stack.enter_context(tempfile.TemporaryDirectory()) for _ in variants]
+        cmds = [[sys.executable, str(REPO / f"{script}_era.py"), *shlex.split(common), *flags, budget_flag, str(budget),
+                 "--seed", str(bench.seed), "--runs-dir", cwd, "--cuda" if bench.cuda else "--no-cuda"]
+                for flags, cwd in zip(variants, cwds)]
+        envs = [{**os.environ, "TORCHINDUCTOR_CACHE_DIR": os.path.join(cwd, "inductor")} for cwd in cwds]
+        if len(cmds) == 1:
+            return [timed_run(cmds[0], cwd=cwds[0], env=envs[0])[1:]]
+        return timed_runs(cmds, sorted(os.sched_getaffinity(0))[:2], cwds, envs)  # the caller swaps the order each round
 
 
 def main(argv=None):
@@ -90,19 +105,24 @@ def main(argv=None):
     variants = {"ERA": [], "--no-era": ["--no-era"]}
     if bench.compile:
         variants.update({"ERA --compile": ["--compile"], "--no-era --compile": ["--no-era", "--compile"]})
+    if bench.paired and (bench.cuda or len(os.sched_getaffinity(0)) < 2):
+        raise SystemExit("error: --paired runs two variants at once on two CPU cores: not with --cuda, and 2 cores needed")
+    groups = [list(variants)[i:i + 2] for i in range(0, len(variants), 2)] if bench.paired else [[v] for v in variants]
     kind = "wall" if bench.cuda else "CPU"
     device = torch.cuda.get_device_name() if bench.cuda else f"{platform.processor() or platform.machine()} CPU"
     print(f"{time.strftime('%Y-%m-%d')}, {device}, {os.cpu_count()} cores, OMP_NUM_THREADS="
-          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, torch {torch.__version__}, {bench.rounds} round(s)", flush=True)
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, torch {torch.__version__}, {bench.rounds} round(s)"
+          f"{', ERA and --no-era paired (at the same time, one per core)' if bench.paired else ''}", flush=True)
     per_1000 = {(s, v): [] for s in bench.scripts for v in variants}
     for r in range(bench.rounds):
         for s in bench.scripts:
             unit, _, _, budgets, units = WORK[s]
-            for v in list(variants) if r % 2 == 0 else list(variants)[::-1]:
-                (c0, w0), (c1, w1) = (cost(bench, s, [*variants[v], *extra[s]], b) for b in budgets)
-                per_1000[s, v].append(1000 * ((w1 - w0) if bench.cuda else (c1 - c0)) / (units(budgets[1]) - units(budgets[0])))
-                print(f"round {r + 1} {s} {v}: {per_1000[s, v][-1]:.3f} {kind}-s per 1,000 {unit}s "
-                      f"({kind} s of the two runs: {(w0, w1) if bench.cuda else (c0, c1)})", flush=True)
+            for group in groups if r % 2 == 0 else [g[::-1] for g in groups[::-1]]:  # odd rounds: reversed, cores swapped
+                runs = [cost(bench, s, [[*variants[v], *extra[s]] for v in group], b) for b in budgets]
+                for v, (c0, w0), (c1, w1) in zip(group, *runs):
+                    per_1000[s, v].append(1000 * ((w1 - w0) if bench.cuda else (c1 - c0)) / (units(budgets[1]) - units(budgets[0])))
+                    print(f"round {r + 1} {s} {v}: {per_1000[s, v][-1]:.3f} {kind}-s per 1,000 {unit}s "
+                          f"({kind} s of the two runs: {(w0, w1) if bench.cuda else (c0, c1)})", flush=True)
     print(f"\n{kind} seconds per 1,000 units of work (median over {bench.rounds} round(s); ratio: median of per-round "
           "ratios to the same script's ERA eager)\n")
     print(f"| script | unit | {' | '.join(variants)} | --no-era / ERA |" + (" ERA --compile / ERA |" if bench.compile else ""))

@@ -340,13 +340,19 @@ def test_plot_chosen_curves_two_tags(tmp_path, capsys):
 def test_bench_speed_table_through_the_cli(capsys):
     """benchmarks/bench_speed.py: both budgets of every variant run through resnet_era.py's command line and the
     Markdown table has one row per script (a 64-image subset here: the figures are noise at that size, only their
-    presence is checked), and bad --scripts / --extra values are one clear error."""
+    presence is checked), the same with ERA and --no-era run side by side (--paired), and bad --scripts / --extra
+    values are one clear error."""
     speed = load("bench_speed")
     costs = speed.main(["--scripts", "resnet", "--no-compile", "--extra", "resnet=--train-subset 64 --test-subset 32"])
     out = capsys.readouterr().out
     assert "| script | unit | ERA | --no-era | --no-era / ERA |" in out
     assert [line.split(" | ")[0] for line in out.splitlines() if line.startswith("| resnet")] == ["| resnet_era.py"]
     assert set(costs) == {("resnet", "ERA"), ("resnet", "--no-era")} and all(map(np.isfinite, costs.values()))
+    paired = speed.main(["--scripts", "resnet", "--no-compile", "--paired", "--extra", "resnet=--train-subset 64 --test-subset 32"])
+    assert "ERA and --no-era paired (at the same time, one per core)" in capsys.readouterr().out
+    assert set(paired) == set(costs) and all(map(np.isfinite, paired.values()))
+    with pytest.raises(SystemExit, match="--paired runs two variants at once on two CPU cores: not with --cuda"):
+        speed.main(["--paired", "--cuda"])
     with pytest.raises(SystemExit, match="--scripts must be among"):
         speed.main(["--scripts", "sack"])
     with pytest.raises(SystemExit, match="--extra 'x=--seed 2': SCRIPT must be one of"):
