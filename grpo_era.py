@@ -92,8 +92,6 @@ class Args:
     """prompts are truncated on the left to this many tokens"""
     max_new_tokens: Optional[int] = None
     """response length limit while training (default: 2 for parity, 1024 otherwise)"""
-    use_vllm: bool = False
-    """UNTESTED (never run on a GPU): sample rollouts with a colocated vLLM engine (pip install vllm)"""
     total_steps: int = 200
     """total optimizer steps"""
     batch_size: int = 64
@@ -219,8 +217,6 @@ def check_args(args, world_size):
         ("eval_sampled_sets", all(map(os.path.exists, args.eval_sampled_sets + args.eval_greedy_sets)),
          "existing files (and so must --eval-greedy-sets)"),
         ("track", not args.track or importlib.util.find_spec("wandb"), "off unless wandb is installed (pip install wandb)"),
-        ("use_vllm", not args.use_vllm or (importlib.util.find_spec("vllm") and args.model_name != "tiny"),
-         "off unless vllm is installed (pip install vllm) and --model-name is a hub id or a directory"),
         ("omega_low", -math.inf < args.omega_low < args.omega_high < math.inf, "finite and < --omega-high"),  # ERA
         ("era_k", 1 < args.era_k < math.inf, "a finite number > 1"),  # ERA
     ]:
@@ -468,25 +464,6 @@ def sample(model, tokenizer, prompt_ids, n, max_new_tokens, args, device, seeds,
     return responses
 
 
-def sample_vllm(engine, model, prompt_ids, n, args):
-    """UNTESTED (no GPU was available): rollouts from a vLLM engine colocated in this process and built for
-    in-process weight loading (TRL's colocate mode: distributed_executor_backend="external_launcher", one engine per
-    rank). The policy's current weights are loaded before every call; the sampled token ids are returned as they
-    are, with the stop id that ended each sample. `engine`: a list holding the engine once it is built."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    from vllm import LLM, SamplingParams
-
-    if not engine:
-        engine.append(LLM(model=args.model_name, tensor_parallel_size=1, dtype="bfloat16", seed=args.seed,
-                          distributed_executor_backend="external_launcher", gpu_memory_utilization=0.3,
-                          max_model_len=args.max_prompt_length + args.max_new_tokens, enable_prefix_caching=False))
-    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))  # collective
-    engine[0].llm_engine.model_executor.driver_worker.worker.model_runner.model.load_weights(weights.items())
-    params = SamplingParams(n=n, temperature=args.temperature, top_p=1.0, top_k=-1, max_tokens=args.max_new_tokens)
-    outputs = engine[0].generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False)
-    return [list(o.token_ids) for out in outputs for o in out.outputs]
-
-
 def pad_batch(tokenizer, prompts, responses, device):
     """Token-id lists -> left-padded prompts [B, P] and right-padded responses [B, R], with their masks."""
     p = tokenizer.pad({"input_ids": prompts}, return_tensors="pt").to(device)
@@ -652,7 +629,7 @@ def main(args):
         data_rng.bit_generator.state = checkpoint_["data_rng"]
         set_rng_state(checkpoint_["rng"][min(rank, len(checkpoint_["rng"]) - 1)])
 
-    n, per_rank, vllm_engine, stopped = args.num_generations, args.batch_size // args.num_generations // world_size, [], 0
+    n, per_rank, stopped = args.num_generations, args.batch_size // args.num_generations // world_size, 0
     head = model.get_output_embeddings()
     band = (args.omega_low, args.omega_high, args.era_k)  # ERA
     while global_step < args.total_steps and not args.eval_only and not stopped:
@@ -664,8 +641,8 @@ def main(args):
         for rounds in range(1, MAX_SAMPLING_ROUNDS + 1):
             chosen = data_rng.integers(0, len(prompts), size=per_rank * world_size)[rank * per_rank: (rank + 1) * per_rank]
             ids = encode(tokenizer, [prompts[i] for i in chosen], args)
-            responses = (sample_vllm(vllm_engine, model, ids, n, args) if args.use_vllm else sample(
-                model, tokenizer, ids, n, args.max_new_tokens, args, device, (args.seed, global_step, rounds - 1), args.temperature))
+            responses = sample(model, tokenizer, ids, n, args.max_new_tokens, args, device, (args.seed, global_step, rounds - 1),
+                               args.temperature)
             texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
             correct = [parity_reward(t, answers[chosen[i // n]]) if args.dataset == "parity" else
                        math_reward(t, answers[chosen[i // n]], args.answer_format) for i, t in enumerate(texts)]

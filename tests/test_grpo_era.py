@@ -373,10 +373,3 @@ def test_memory_plan_and_dry_run(tmp_path, capsys):
     assert 7.5e9 < params < 7.7e9 and sum(one.values()) > 120 and sum(eight.values()) < 80
     plan = grpo_era.main(tiny(tmp_path, dry_run=True))
     assert "memory plan per GPU" in capsys.readouterr().out and plan and not (tmp_path / "runs").exists()
-
-
-def test_vllm_path_needs_vllm_and_a_gpu(tmp_path):
-    pytest.importorskip("vllm")
-    if not torch.cuda.is_available():
-        pytest.skip("vLLM rollouts need a GPU")
-    grpo_era.main(tiny(tmp_path, cuda=True, use_vllm=True, model_name="Qwen/Qwen2.5-0.5B", total_steps=1))
