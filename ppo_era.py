@@ -238,25 +238,32 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     return layer
 
 
+class EraLogStd(nn.Module):  # ERA: the activation on the log-std parameter, a torch parametrization (registered in Agent)
+    def __init__(self, args, act_dim):  # ERA
+        super().__init__()  # ERA
+        self.args, self.target_entropy = args, args.target_entropy_per_dim * act_dim  # ERA: H0'
+
+    def forward(self, raw_log_std):  # ERA
+        if self.args.era_mode == "pin":  # ERA: the paper's: Gaussian entropy = H0' (sigma_min permitting), sigma <= sigma_max
+            return era_core.gaussian_entropy_floor(raw_log_std, self.target_entropy, self.args.log_std_min, self.args.log_std_max)  # ERA
+        return era_core.raise_gaussian_entropy(raw_log_std, self.target_entropy)  # ERA: floor: raised only where below H0'
+
+
 class Agent(nn.Module):
     def __init__(self, obs_dim, act_dim, args):
         super().__init__()
+        self.actor_logstd = nn.Parameter(torch.full((1, act_dim), args.init_log_std))
+        if args.era:  # ERA: from here on, reading self.actor_logstd returns the activated log-std (same parameter order)
+            nn.utils.parametrize.register_parametrization(self, "actor_logstd", EraLogStd(args, act_dim))  # ERA
         self.critic = nn.Sequential(layer_init(nn.Linear(obs_dim, 64)), nn.Tanh(), layer_init(nn.Linear(64, 64)), nn.Tanh(),
                                     layer_init(nn.Linear(64, 1), std=1.0))
         self.actor_mean = nn.Sequential(layer_init(nn.Linear(obs_dim, 64)), nn.Tanh(), layer_init(nn.Linear(64, 64)), nn.Tanh(),
                                         layer_init(nn.Linear(64, act_dim), std=0.01))
-        self.actor_logstd = nn.Parameter(torch.full((1, act_dim), args.init_log_std))
-        self.era_mode = args.era_mode if args.era else None  # ERA
-        self.target_entropy, self.log_std_bounds = args.target_entropy_per_dim * act_dim, (args.log_std_min, args.log_std_max)  # ERA
 
     def get_action_and_value(self, x, action=None):
         """Action (sampled unless given), its log-probability, the entropy (Normal's formulas inlined), the value."""
         action_mean = self.actor_mean(x)
         action_logstd = self.actor_logstd
-        if self.era_mode == "pin":  # ERA: the paper's activation: Gaussian entropy = the target (sigma_min permitting)
-            action_logstd = era_core.gaussian_entropy_floor(action_logstd, self.target_entropy, *self.log_std_bounds)  # ERA
-        if self.era_mode == "floor":  # ERA: unchanged unless the entropy would fall below the target
-            action_logstd = era_core.raise_gaussian_entropy(action_logstd, self.target_entropy)  # ERA
         action_std = action_logstd.exp()
         if action is None:
             action = action_mean + action_std * torch.randn_like(action_mean)
@@ -359,6 +366,8 @@ def main(args):
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / num_iterations) * args.learning_rate
 
+        era_rollout = contextlib.ExitStack()  # ERA: the parameter is fixed during a rollout: activate it once, not per step
+        era_rollout.enter_context(nn.utils.parametrize.cached())  # ERA
         for step in range(0, args.num_steps):
             global_step += args.num_envs
             obs[step], dones[step] = next_obs, next_done
@@ -391,6 +400,7 @@ def main(args):
                     final_value = agent.critic(normalize_obs(raw_obs[cut], obs_rms, device)).flatten()
                 rewards[step, torch.from_numpy(cut)] += args.gamma * final_value
 
+        era_rollout.close()  # ERA
         # bootstrap value if not done (a time-out's gamma * V(final obs) is in its reward: cut the chain at every end)
         with torch.no_grad():
             nextvalues = torch.cat([values[1:], agent.critic(next_obs).reshape(1, -1)])
@@ -458,7 +468,7 @@ def main(args):
                                ("charts/SPS", int((global_step - start_step) / (time.time() - start_time)))]:
                 writer.add_scalar(tag, value, global_step)
             if args.era:  # ERA
-                writer.add_scalar("charts/era_target_entropy", agent.target_entropy, global_step)  # ERA
+                writer.add_scalar("charts/era_target_entropy", args.target_entropy_per_dim * act_dim, global_step)  # ERA
         if (args.eval_every and global_step % args.eval_every < batch_size) or iteration == num_iterations:
             writer.add_scalar("eval/episodic_return", evaluate(agent, eval_envs, obs_rms, args.seed + 100_000, device, (
                 args.capture_video and os.path.join(run_dir, "videos", f"step{global_step}"))), global_step)
