@@ -92,13 +92,17 @@ def test_signal_saves_and_resume_is_exact(tmp_path, env_id, vector_env, sig):
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """A finished tiny run's checkpoint, a truncated and an empty copy, and another script's checkpoint."""
+    """A finished tiny run's checkpoint, a truncated and an empty copy, another script's checkpoint and one of an
+    older version of this script (another agent layout)."""
     tmp = tmp_path_factory.mktemp("checkpoints")
     tiny_run(tmp, "run", total=128)
     good = next((tmp / "run").rglob("checkpoint.pt"))
     (tmp / "truncated.pt").write_bytes(good.read_bytes()[:2000])
     (tmp / "empty.pt").write_bytes(b"")
     torch.save({"script": "sac_era.py", "args": {"seed": 1}}, tmp / "sac.pt")
+    old = torch.load(good, weights_only=False)  # as saved before ERA became a parametrization of the log-std
+    old["agent"]["actor_logstd"] = old["agent"].pop("parametrizations.actor_logstd.original")
+    torch.save(old, tmp / "old.pt")
     return tmp, good
 
 
@@ -111,6 +115,7 @@ def checkpoints(tmp_path_factory):
     (["--resume", "{tmp}/empty.pt"], "--resume"),
     (["--resume", "{tmp}/truncated.pt"], "--resume"),
     (["--resume", "{tmp}/sac.pt"], "--resume"),
+    (["--resume", "{tmp}/old.pt"], "--resume"),
     (["--resume", "{good}", "--seed", "2"], "--seed"),  # only --total-timesteps and --cuda may change
 ])
 def test_bad_input(checkpoints, tmp_path, flags, flag):
