@@ -14,10 +14,11 @@ steps. On CPU the cost is CPU seconds (user + sys of the run and its children; t
 enter it); with --cuda it is wall seconds. The variants alternate inside each round and the table gives medians
 over rounds; the ERA/--no-era ratio is the median of the per-round ratios. Only the scripts' command lines are used.
 
-Runs one after another see the machine drift (here ±15 % between runs of the same work); with --paired, ERA and
---no-era run at the same time, each pinned to its own core, so the drift cancels in their ratio (the per-round PPO
-ratio scattered over 0.97-1.15 one after another, over 1.03-1.09 paired). The absolute figures of paired runs include
-the contention of two processes for the memory bus and shared cache, so compare them only with each other.
+Runs one after another see the machine drift (here ±15 % between runs of the same work: three 3-7-round PPO
+measurements gave ERA/--no-era medians of 1.15, 1.10 and 0.97); with --paired, ERA and --no-era run at the same
+time, each pinned to its own core, so the drift hits both alike (10 paired PPO rounds: 0.985-1.068, median 1.026).
+The absolute figures of paired runs include the contention of two processes for memory and cache, so compare them
+only with each other.
 """
 import contextlib
 import os
