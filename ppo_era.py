@@ -176,8 +176,8 @@ def load_checkpoint(args):
         raise ValueError(f"--resume {args.resume}: no such file") from None
     except Exception:
         raise ValueError(f"--resume {args.resume}: not a readable checkpoint (empty, truncated or not a torch.save file)") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("script") != SCRIPT or set(checkpoint["args"]) != set(dataclasses.asdict(
-            args)) or Agent(1, 1, Args(**checkpoint["args"])).state_dict().keys() != checkpoint["agent"].keys():  # layout too
+    if (not isinstance(checkpoint, dict) or checkpoint.get("script") != SCRIPT or set(checkpoint["args"]) != set(dataclasses.asdict(args))
+            or Agent(1, 1, Args(**checkpoint["args"])).state_dict().keys() != checkpoint.get("agent", {}).keys()):  # its layout too
         raise ValueError(f"--resume {args.resume}: not a checkpoint of this version of {SCRIPT}")
     for name in given:  # a flag equal to the run's own value is fine: benchmarks/run.py repeats them all
         if name not in BUDGET and getattr(args, name) != checkpoint["args"][name]:
